@@ -1,0 +1,125 @@
+"""`python -m data ...`: generate, import, validate and featurize EHR data."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from data.featureset import FeatureFolderError
+from data.runtime import init_ray, setup_logging
+from data.validate import RawDataError
+
+app = typer.Typer(help="MediScale data layer: raw EHR folders and feature folders.", no_args_is_help=True)
+import_app = typer.Typer(help="Convert a real public dataset.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+log = logging.getLogger("data")
+
+USER_ERRORS = (RawDataError, FeatureFolderError, FileNotFoundError, FileExistsError, ValueError, KeyError)
+
+
+def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Bad input ends with a one-paragraph message and exit code 2, not a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper
+
+
+def _summary(manifest: dict[str, Any]) -> None:
+    counts = manifest.get("splits") or manifest.get("tables")
+    typer.echo(json.dumps(counts, indent=2))
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    setup_logging(verbose)
+
+
+@app.command()
+@_user_errors
+def synth(
+    patients: int = typer.Option(..., min=1, help="Number of patients to generate."),
+    out: str = typer.Option(..., help="Raw EHR folder to write (local path or s3://)."),
+    seed: int = typer.Option(0, help="Same seed and patient count, same data."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output."),
+) -> None:
+    """Generate a synthetic MIMIC-style raw EHR folder with Ray tasks."""
+    from data.synth import generate
+
+    init_ray()
+    _summary(generate(patients, seed, out, overwrite=overwrite))
+
+
+@app.command()
+@_user_errors
+def validate(raw: str = typer.Argument(..., help="Raw EHR folder (local path or s3://).")) -> None:
+    """Check a raw EHR folder against the schema; lists every problem at once."""
+    from data.validate import validate_raw
+
+    report = validate_raw(raw)
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(report.summary(), err=not report.ok)
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+@_user_errors
+def features(
+    raw: str = typer.Option(..., help="Raw EHR folder (local path or s3://)."),
+    out: str = typer.Option(..., help="Feature folder to write (local path or s3://)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output."),
+    partitions: int = typer.Option(0, min=0, help="Shuffle partitions; 0 picks from data size."),
+) -> None:
+    """Validate, engineer per-admission features and split by patient, with Ray Data."""
+    from data.features import build_features
+
+    init_ray()
+    _summary(build_features(raw, out, overwrite=overwrite, partitions=partitions or None))
+
+
+@app.command()
+def schema() -> None:
+    """Print the raw EHR schema every source converts into."""
+    from data.schema import describe
+
+    typer.echo(describe())
+
+
+@import_app.command("uci-diabetes")
+@_user_errors
+def import_uci(
+    src: Path = typer.Option(..., help="dataset_diabetes.zip, diabetic_data.csv or their folder."),
+    out: str = typer.Option(..., help="Feature folder to write."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output."),
+) -> None:
+    """UCI Diabetes 130-US hospitals -> feature folder split by patient_nbr."""
+    from data.sources import import_uci_diabetes
+
+    _summary(import_uci_diabetes(str(src), out, overwrite=overwrite))
+
+
+@import_app.command("mimic3")
+@_user_errors
+def import_mimic(
+    src: Path = typer.Option(..., help="Folder with the MIMIC-III CSV files."),
+    out: str = typer.Option(..., help="Raw EHR folder to write."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output."),
+) -> None:
+    """MIMIC-III (full or demo) -> raw EHR folder; then run `features` on it."""
+    from data.sources import import_mimic3
+
+    _summary(import_mimic3(str(src), out, overwrite=overwrite))

@@ -1,0 +1,332 @@
+"""Raw EHR folder -> feature folder, with Ray Data from read to write.
+
+Every transform is a pure pandas function over a *complete* group of rows (all rows of some
+admissions, or all stays of some patients). Ray Data hash-partitions each table by its key so
+every block holds complete groups, then maps these functions over blocks; `build_features_pandas`
+applies the very same functions to whole tables in one process, which is both the reference
+the tests compare against and the benchmark's baseline.
+
+One output row per admission that can be readmitted (stays ending in death or hospice are
+dropped). The label is 1 when the same patient is admitted again within 30 days of discharge.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from data import charlson
+from data.featureset import (
+    DEFAULT_FRACTIONS,
+    LABEL,
+    SPLIT_COLUMN,
+    FeatureSpec,
+    hive_to_split_dirs,
+    split_of,
+    write_manifest,
+)
+from data.raw import table_files
+from data.schema import (
+    DISCHARGE_SUMMARY,
+    ITEM_RANGES,
+    LAB_RANGES,
+    TABLES,
+    TERMINAL_DISPOSITIONS,
+    VITAL_RANGES,
+)
+from data.storage import Location, resolve, staged_output
+from data.validate import validate_raw
+
+log = logging.getLogger(__name__)
+
+READMISSION_DAYS = 30
+LOOKBACK_DAYS = 365
+MAX_AGE = 90  # MIMIC shifts ages over 89 to ~300; report them as 90
+MAX_NOTE_CHARS = 20_000
+STATS = ("last", "min", "max", "mean", "count")
+MEASURED_ITEMS = (*LAB_RANGES, *VITAL_RANGES)
+TEXT_COLUMN = "note"
+ID_COLUMNS = ["admission_id", "patient_id"]
+
+# --- output schemas: fixed, so every block agrees even when a block lacks some values --------
+
+STAY_SCHEMA = pa.schema([
+    ("admission_id", pa.string()), ("patient_id", pa.string()), (LABEL, pa.int8()),
+    ("age", pa.float64()), ("sex", pa.string()), ("ethnicity", pa.string()),
+    ("admission_type", pa.string()), ("via_emergency_department", pa.bool_()),
+    ("discharge_disposition", pa.string()), ("insurance", pa.string()),
+    ("los_days", pa.float64()), ("prior_admissions_365d", pa.int32()),
+    ("prior_ed_visits_365d", pa.int32()), ("days_since_last_discharge", pa.float64()),
+])  # fmt: skip
+MEASUREMENT_SCHEMA = pa.schema(
+    [("admission_id", pa.string())]
+    + [
+        (f"{item}_{stat}", pa.int32() if stat == "count" else pa.float64())
+        for item in MEASURED_ITEMS
+        for stat in STATS
+    ]
+)
+DIAGNOSIS_SCHEMA = pa.schema(
+    [("admission_id", pa.string()), ("charlson_index", pa.int32()), ("n_diagnoses", pa.int32())]
+    + [(f"cci_{name}", pa.bool_()) for name in charlson.CATEGORIES]
+)
+NOTE_SCHEMA = pa.schema([("admission_id", pa.string()), (TEXT_COLUMN, pa.string())])
+
+
+def _to_schema(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
+
+
+# --- per-group transforms (pure pandas, shared by the Ray and the single-process pipelines) ---
+
+
+def stay_features(stays: pd.DataFrame) -> pa.Table:
+    """Demographics, LOS, prior utilisation and the label; needs ALL stays of its patients."""
+    df = stays.sort_values(["patient_id", "admit_time"], kind="stable").reset_index(drop=True)
+    admit = df["admit_time"].to_numpy("datetime64[s]").astype(np.int64)
+    discharge = df["discharge_time"].to_numpy("datetime64[s]").astype(np.int64)
+    patient = pd.factorize(df["patient_id"])[0].astype(np.int64)
+    # One sortable key per stay: patient first, then time, so searchsorted finds windows.
+    span = int(max(admit.max(), discharge.max()) - min(admit.min(), discharge.min())) + 10 * 86_400 * 400
+    base = min(admit.min(), discharge.min()) - 5 * 86_400 * 400
+    key = patient * span + (admit - base)
+    position = np.arange(len(df))
+    window_start = np.searchsorted(key, key - LOOKBACK_DAYS * 86_400, side="left")
+    ed = df["via_emergency_department"].fillna(False).to_numpy(bool).astype(np.int64)
+    ed_before = np.concatenate([[0], np.cumsum(ed)])
+    next_start = np.searchsorted(key, patient * span + (discharge - base), side="left")
+    next_start = np.maximum(next_start, position + 1)  # never the stay itself
+    has_next = next_start < len(df)
+    next_idx = np.minimum(next_start, len(df) - 1)
+    same_patient = has_next & (patient[next_idx] == patient)
+    gap = admit[next_idx] - discharge
+    previous = position - 1
+    first_stay = (previous < 0) | (patient[np.maximum(previous, 0)] != patient)
+
+    dob = pd.to_datetime(df["date_of_birth"])
+    age = (df["admit_time"] - dob).dt.days / 365.25
+    out = pd.DataFrame({
+        "admission_id": df["admission_id"].astype(str),
+        "patient_id": df["patient_id"].astype(str),
+        LABEL: (same_patient & (gap <= READMISSION_DAYS * 86_400)).astype(np.int8),
+        "age": age.clip(upper=MAX_AGE),
+        "sex": df["sex"],
+        "ethnicity": df["ethnicity"],
+        "admission_type": df["admission_type"],
+        "via_emergency_department": df["via_emergency_department"],
+        "discharge_disposition": df["discharge_disposition"],
+        "insurance": df["insurance"],
+        "los_days": (discharge - admit) / 86_400,
+        "prior_admissions_365d": (position - window_start).astype(np.int32),
+        "prior_ed_visits_365d": (ed_before[position] - ed_before[window_start]).astype(np.int32),
+        "days_since_last_discharge": np.where(
+            first_stay, np.nan, (admit - discharge[np.maximum(previous, 0)]) / 86_400
+        ),
+    })  # fmt: skip
+    keep = ~df["discharge_disposition"].isin(TERMINAL_DISPOSITIONS).to_numpy()
+    return _to_schema(out.loc[keep], STAY_SCHEMA)
+
+
+def measurement_features(rows: pd.DataFrame) -> pa.Table:
+    """Last/min/max/mean/count per known lab and vital item; needs ALL rows of its stays."""
+    rows = rows.loc[rows["item"].isin(MEASURED_ITEMS) & rows["value"].notna()]
+    if rows.empty:
+        return MEASUREMENT_SCHEMA.empty_table()
+    ordered = rows.sort_values(["admission_id", "item", "charttime"], kind="stable")
+    grouped = ordered.groupby(["admission_id", "item"], sort=False)["value"]
+    stats = grouped.agg(["last", "min", "max", "mean", "count"])
+    wide = stats.unstack("item")
+    wide.columns = [f"{item}_{stat}" for stat, item in wide.columns]
+    wide = wide.reindex(columns=MEASUREMENT_SCHEMA.names[1:])
+    counts = [c for c in wide.columns if c.endswith("_count")]
+    wide[counts] = wide[counts].fillna(0)
+    return _to_schema(wide.reset_index(), MEASUREMENT_SCHEMA)
+
+
+def diagnosis_features(rows: pd.DataFrame) -> pa.Table:
+    """Charlson index, its categories and the number of codes; needs ALL codes of its stays."""
+    if rows.empty:
+        return DIAGNOSIS_SCHEMA.empty_table()
+    flags = charlson.category_flags(rows["icd_code"], rows["icd_version"])
+    flags.insert(0, "admission_id", rows["admission_id"].to_numpy())
+    per_stay = flags.groupby("admission_id", sort=False).max()
+    out = pd.DataFrame({
+        "charlson_index": charlson.charlson_index(per_stay),
+        "n_diagnoses": rows.groupby("admission_id", sort=False).size().reindex(per_stay.index),
+    })  # fmt: skip
+    for name in charlson.CATEGORIES:
+        out[f"cci_{name}"] = per_stay[name]
+    return _to_schema(out.reset_index(), DIAGNOSIS_SCHEMA)
+
+
+_DEID = re.compile(r"\[\*\*[^\]]*\*\*\]")
+_SPACES = re.compile(r"[ \t\r\f\v]+")
+_BLANK_LINES = re.compile(r"\n\s*\n+")
+
+
+def clean_note(text: str) -> str:
+    """Whitespace and de-identification tags out; every word, negation cues included, stays."""
+    text = _DEID.sub("___", text[:MAX_NOTE_CHARS])
+    text = _SPACES.sub(" ", text)
+    return _BLANK_LINES.sub("\n", text).strip()
+
+
+def note_features(rows: pd.DataFrame) -> pa.Table:
+    """The latest discharge summary of each stay, cleaned; needs ALL notes of its stays."""
+    if rows.empty:
+        return NOTE_SCHEMA.empty_table()
+    summaries = rows.loc[
+        rows["category"].fillna("").str.strip().str.lower().eq(DISCHARGE_SUMMARY.lower())
+        & rows["text"].notna()
+    ]
+    latest = (
+        summaries.sort_values(["admission_id", "charttime"], kind="stable")
+        .groupby("admission_id", sort=False)
+        .tail(1)
+    )
+    out = pd.DataFrame({
+        "admission_id": latest["admission_id"].to_numpy(),
+        TEXT_COLUMN: [clean_note(t) for t in latest["text"]],
+    })  # fmt: skip
+    return _to_schema(out, NOTE_SCHEMA)
+
+
+def finalize(table: pd.DataFrame) -> pd.DataFrame:
+    """Stays without measurements or codes get zero counts; assign the patient split."""
+    counts = [c for c in table.columns if c.endswith("_count") or c in ("n_diagnoses", "charlson_index")]
+    table[counts] = table[counts].fillna(0).astype(np.int32)
+    flags = [c for c in table.columns if c.startswith("cci_")]
+    table[flags] = table[flags].fillna(False).astype(bool)
+    table[SPLIT_COLUMN] = split_of(table["patient_id"].to_numpy())
+    return table
+
+
+OUTPUT_ORDER = [*STAY_SCHEMA.names, *DIAGNOSIS_SCHEMA.names[1:], *MEASUREMENT_SCHEMA.names[1:], TEXT_COLUMN]
+
+
+# --- Ray Data pipeline ------------------------------------------------------------------------
+
+
+def _partitions(rows: int) -> int:
+    """Shuffle partitions: a few per core for small data, ~200k rows each for large."""
+    return int(min(128, max(4, math.ceil(rows / 200_000))))
+
+
+def _by_key(ds: Any, key: str, fn: Callable[[pd.DataFrame], pa.Table], partitions: int) -> Any:
+    """Hash-partition on `key` so each block holds whole groups, then apply `fn` per block."""
+    return ds.repartition(partitions, keys=[key]).map_batches(
+        fn, batch_size=None, batch_format="pandas", zero_copy_batch=True
+    )
+
+
+def _empty(schema: pa.Schema) -> pd.DataFrame:
+    return schema.empty_table().to_pandas()
+
+
+def build_features(
+    raw: str, out: str, overwrite: bool = False, partitions: int | None = None
+) -> dict[str, Any]:
+    """Validate `raw`, build features with Ray Data and publish a feature folder at `out`."""
+    import ray
+
+    started = time.perf_counter()
+    report = validate_raw(raw)
+    report.raise_if_failed()
+    folder = resolve(raw)
+    n = partitions or _partitions(max(report.rows.values()))
+
+    def read(table: str, columns: list[str] | None = None) -> Any:
+        return ray.data.read_parquet(table_files(folder, table), filesystem=folder.fs, columns=columns)
+
+    stays = read("admissions").join(
+        read("patients", ["patient_id", "sex", "date_of_birth", "ethnicity"]),
+        join_type="left_outer", num_partitions=n, on=("patient_id",),
+    )  # fmt: skip
+    features = _by_key(stays, "patient_id", stay_features, n)
+
+    measurement_tables = [t for t in ("labs", "vitals") if report.rows.get(t)]
+    if measurement_tables:
+        cols = ["admission_id", "charttime", "item", "value"]
+        measured = read(measurement_tables[0], cols)
+        for extra in measurement_tables[1:]:
+            measured = measured.union(read(extra, cols))
+        per_stay = [_by_key(measured, "admission_id", measurement_features, n)]
+    else:
+        per_stay = []
+    if report.rows.get("diagnoses"):
+        per_stay.append(_by_key(read("diagnoses"), "admission_id", diagnosis_features, n))
+    if report.rows.get("notes"):
+        notes = read("notes", ["admission_id", "charttime", "category", "text"])
+        per_stay.append(_by_key(notes, "admission_id", note_features, n))
+    for right in per_stay:
+        features = features.join(right, join_type="left_outer", num_partitions=n, on=("admission_id",))
+
+    def complete(batch: pd.DataFrame) -> pd.DataFrame:
+        for schema in (MEASUREMENT_SCHEMA, DIAGNOSIS_SCHEMA, NOTE_SCHEMA):
+            for name in schema.names[1:]:
+                if name not in batch.columns:
+                    batch[name] = _empty(schema)[name].reindex(batch.index)
+        return finalize(batch)[[*OUTPUT_ORDER, SPLIT_COLUMN]]
+
+    features = features.map_batches(complete, batch_format="pandas")
+    target = resolve(out)
+    spec = _spec(raw)
+    with staged_output(target, overwrite) as staging:
+        features.write_parquet(staging.path, filesystem=staging.fs, partition_cols=[SPLIT_COLUMN])
+        manifest = _finish(staging, spec, started)
+    log.info("features %s -> %s in %.1fs", folder.uri, target.uri, manifest["build_seconds"])
+    return manifest
+
+
+def _spec(raw: str) -> FeatureSpec:
+    return FeatureSpec(
+        source={"kind": "raw-ehr", "path": str(raw)},
+        id_columns=ID_COLUMNS,
+        text_column=TEXT_COLUMN,
+        fractions=DEFAULT_FRACTIONS,
+        extra={"label_definition": f"readmitted within {READMISSION_DAYS} days of discharge"},
+    )
+
+
+def _finish(staging: Location, spec: FeatureSpec, started: float) -> dict[str, Any]:
+    hive_to_split_dirs(staging)
+    spec.extra["build_seconds"] = round(time.perf_counter() - started, 2)
+    return write_manifest(staging, spec)
+
+
+# --- single-process reference (tests and benchmark baseline) -----------------------------------
+
+
+def compute_features_pandas(raw: str) -> pd.DataFrame:
+    """The same transforms on whole tables in one process, no Ray: reference and baseline."""
+    report = validate_raw(raw)
+    report.raise_if_failed()
+    folder = resolve(raw)
+
+    def read(table: str, columns: list[str]) -> pd.DataFrame:
+        files = table_files(folder, table)
+        if not files:  # optional table (notes) absent
+            return pd.DataFrame(columns=columns)
+        return pads.dataset(files, filesystem=folder.fs).to_table(columns=columns).to_pandas()
+
+    patients = read("patients", ["patient_id", "sex", "date_of_birth", "ethnicity"])
+    stays = read("admissions", list(TABLES["admissions"].names)).merge(patients, on="patient_id", how="left")
+    features = stay_features(stays).to_pandas()
+    measured = pd.concat([read(t, ["admission_id", "charttime", "item", "value"]) for t in ITEM_RANGES])
+    parts = [
+        measurement_features(measured),
+        diagnosis_features(read("diagnoses", list(TABLES["diagnoses"].names))),
+        note_features(read("notes", ["admission_id", "charttime", "category", "text"])),
+    ]
+    for part in parts:
+        features = features.merge(part.to_pandas(), on="admission_id", how="left")
+    return finalize(features)[[*OUTPUT_ORDER, SPLIT_COLUMN]]

@@ -1,0 +1,218 @@
+"""The feature folder: the one layout every source ends in and every model reads.
+
+    OUT/manifest.json          what is inside (features and types, counts, label rate, source)
+    OUT/{train,valid,test}/    parquet files, one row per admission
+
+Rows are split by a salted hash of the patient id, so a patient never appears in two splits
+and the split does not change when rows are added or reordered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from data.schema import SCHEMA_VERSION
+from data.storage import MANIFEST_NAME, Location, resolve, staged_output
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+SPLIT_SALT = "mediscale-split-v1"
+LABEL = "label"
+SPLIT_COLUMN = "split"
+FEATURE_FORMAT = "mediscale-features"
+
+
+class FeatureFolderError(ValueError):
+    """A feature folder is missing, incomplete or not what the caller expects."""
+
+
+def split_of(patient_ids: Sequence[Any], fractions: Sequence[float] = DEFAULT_FRACTIONS) -> np.ndarray:
+    """Deterministic split name per patient id: stable across runs, machines and row order."""
+    if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-9 or min(fractions) < 0:
+        raise ValueError(f"split fractions must be three non-negative numbers summing to 1: {fractions}")
+    bounds = np.cumsum(np.asarray(fractions) * 10_000)
+    buckets = np.fromiter(
+        (
+            int.from_bytes(hashlib.blake2b(f"{SPLIT_SALT}:{pid}".encode(), digest_size=8).digest(), "big")
+            % 10_000
+            for pid in patient_ids
+        ),
+        dtype=np.int64,
+        count=len(patient_ids),
+    )
+    index = np.searchsorted(bounds, buckets, side="right")
+    return np.asarray(SPLITS, dtype=object)[np.minimum(index, 2)]
+
+
+@dataclass
+class FeatureSpec:
+    """What a feature folder holds, beyond its rows: written as manifest.json."""
+
+    source: dict[str, Any]
+    id_columns: list[str]
+    text_column: str | None = None
+    label_column: str = LABEL
+    fractions: Sequence[float] = DEFAULT_FRACTIONS
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def feature_type(dtype: pa.DataType) -> str:
+    """How a model should treat a column: numeric, boolean or categorical."""
+    if pa.types.is_boolean(dtype):
+        return "boolean"
+    if pa.types.is_integer(dtype) or pa.types.is_floating(dtype):
+        return "numeric"
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_dictionary(dtype):
+        return "categorical"
+    raise FeatureFolderError(f"unsupported feature type {dtype}")
+
+
+def _split_stats(folder: Location, split: str, spec: FeatureSpec) -> tuple[dict[str, Any], pa.Schema | None]:
+    files = folder.child(split).list_files(".parquet")
+    if not files:
+        return {"rows": 0, "patients": 0, "positives": 0, "label_rate": None, "files": 0}, None
+    dataset = pads.dataset(files, filesystem=folder.fs, format="parquet")
+    patient_col = spec.id_columns[-1]
+    table = dataset.to_table(columns=[patient_col, spec.label_column])
+    labels = table.column(spec.label_column).to_numpy(zero_copy_only=False)
+    rows = table.num_rows
+    positives = int(np.sum(labels))
+    stats = {
+        "rows": rows,
+        "patients": len(table.column(patient_col).unique()),
+        "positives": positives,
+        "label_rate": positives / rows if rows else None,
+        "files": len(files),
+    }
+    return stats, dataset.schema
+
+
+def write_manifest(folder: Location, spec: FeatureSpec) -> dict[str, Any]:
+    """Count rows, patients and labels per split from the written files and save the manifest."""
+    splits: dict[str, Any] = {}
+    schema: pa.Schema | None = None
+    for split in SPLITS:
+        splits[split], split_schema = _split_stats(folder, split, spec)
+        schema = schema or split_schema
+    if schema is None:
+        raise FeatureFolderError(f"{folder.uri}: no rows were written to any split")
+    reserved = {*spec.id_columns, spec.label_column, spec.text_column, SPLIT_COLUMN}
+    features = [
+        {"name": f.name, "type": feature_type(f.type), "dtype": str(f.type)}
+        for f in schema
+        if f.name not in reserved
+    ]
+    manifest = {
+        "format": FEATURE_FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "source": spec.source,
+        "id_columns": spec.id_columns,
+        "label_column": spec.label_column,
+        "text_column": spec.text_column,
+        "features": features,
+        "split": {"method": "patient-hash", "salt": SPLIT_SALT, "fractions": list(spec.fractions)},
+        "splits": splits,
+        **spec.extra,
+    }
+    folder.child(MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def hive_to_split_dirs(staging: Location) -> None:
+    """Rename `split=train/` partitions (what partitioned parquet writers make) to `train/`."""
+    for split in SPLITS:
+        src = staging.child(f"{SPLIT_COLUMN}={split}")
+        if src.exists():
+            staging.fs.move(src.path, staging.child(split).path)
+
+
+def write_feature_frame(
+    df: pd.DataFrame, out: str, spec: FeatureSpec, overwrite: bool = False
+) -> dict[str, Any]:
+    """Split a pandas frame by patient and publish it as a feature folder (small sources)."""
+    missing = [c for c in [*spec.id_columns, spec.label_column] if c not in df.columns]
+    if missing:
+        raise FeatureFolderError(f"feature frame lacks column(s) {missing}")
+    if df.empty:
+        raise FeatureFolderError("feature frame has no rows")
+    table = _one_schema(pa.Table.from_pandas(df, preserve_index=False), spec)
+    splits = split_of(df[spec.id_columns[-1]].to_numpy(), spec.fractions)
+    target = resolve(out)
+    with staged_output(target, overwrite) as staging:
+        for split in SPLITS:
+            part = table.filter(pa.array(splits == split))
+            if part.num_rows == 0:
+                continue
+            dest = staging.child(split)
+            staging.fs.create_dir(dest.path, recursive=True)
+            pads.write_dataset(
+                part,
+                dest.path,
+                filesystem=staging.fs,
+                format="parquet",
+                basename_template="part-{i}.parquet",
+                max_rows_per_file=500_000,
+                max_rows_per_group=100_000,
+                existing_data_behavior="overwrite_or_ignore",
+            )
+        manifest = write_manifest(staging, spec)
+    log.info("wrote feature folder %s: %s", target.uri, _counts(manifest))
+    return manifest
+
+
+def _one_schema(table: pa.Table, spec: FeatureSpec) -> pa.Table:
+    """One schema for all splits: an all-null text column is text, an all-null feature an error."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_null(f.type):
+            if f.name != spec.text_column:
+                raise FeatureFolderError(f"column {f.name!r} has no values in any row")
+            table = table.set_column(i, f.name, table.column(i).cast(pa.string()))
+    return table
+
+
+def _counts(manifest: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v['rows']}" for k, v in manifest["splits"].items())
+
+
+def read_manifest(folder: str) -> dict[str, Any]:
+    """The manifest of a complete feature folder; a clear error if there is none."""
+    location = resolve(folder)
+    manifest_file = location.child(MANIFEST_NAME)
+    if not manifest_file.exists():
+        raise FeatureFolderError(
+            f"{location.uri}: no {MANIFEST_NAME} (not a feature folder, or an unfinished one)"
+        )
+    manifest = json.loads(manifest_file.read_text())
+    if manifest.get("format") != FEATURE_FORMAT:
+        raise FeatureFolderError(f"{manifest_file.uri}: not a MediScale feature manifest")
+    return manifest
+
+
+def split_files(folder: str, split: str) -> tuple[Location, list[str]]:
+    """The parquet files of one split (what Ray Data or pandas then reads)."""
+    if split not in SPLITS:
+        raise FeatureFolderError(f"unknown split {split!r}; expected one of {SPLITS}")
+    location = resolve(folder)
+    return location, location.child(split).list_files(".parquet")
+
+
+def read_split_pandas(folder: str, split: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """One split as a pandas frame (for small data, evaluation and tests)."""
+    location, files = split_files(folder, split)
+    if not files:
+        raise FeatureFolderError(f"{location.uri}: split {split!r} has no rows")
+    return pads.dataset(files, filesystem=location.fs, format="parquet").to_table(columns=columns).to_pandas()
