@@ -37,9 +37,15 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _summary(manifest: dict[str, Any]) -> None:
+JSON_OPTION = typer.Option(None, "--json", help="Also write the full manifest to this file.")
+
+
+def _summary(manifest: dict[str, Any], json_path: Path | None) -> None:
+    """Counts for people on stdout; the whole manifest for scripts in --json (Ray may log to stdout)."""
     counts = manifest.get("splits") or manifest.get("tables")
     typer.echo(json.dumps(counts, indent=2))
+    if json_path:
+        json_path.write_text(json.dumps(manifest, indent=2))
 
 
 @app.callback()
@@ -54,12 +60,13 @@ def synth(
     out: str = typer.Option(..., help="Raw EHR folder to write (local path or s3://)."),
     seed: int = typer.Option(0, help="Same seed and patient count, same data."),
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
+    json_path: Path | None = JSON_OPTION,
 ) -> None:
     """Generate a synthetic MIMIC-style raw EHR folder with Ray tasks."""
     from data.synth import generate
 
     init_ray()
-    _summary(generate(patients, seed, out, overwrite=overwrite))
+    _summary(generate(patients, seed, out, overwrite=overwrite), json_path)
 
 
 @app.command()
@@ -82,13 +89,14 @@ def features(
     raw: str = typer.Option(..., help="Raw EHR folder (local path or s3://)."),
     out: str = typer.Option(..., help="Feature folder to write (local path or s3://)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
+    json_path: Path | None = JSON_OPTION,
     partitions: int = typer.Option(0, min=0, help="Shuffle partitions; 0 picks from data size."),
 ) -> None:
     """Validate, engineer per-admission features and split by patient, with Ray Data."""
     from data.features import build_features
 
     init_ray()
-    _summary(build_features(raw, out, overwrite=overwrite, partitions=partitions or None))
+    _summary(build_features(raw, out, overwrite=overwrite, partitions=partitions or None), json_path)
 
 
 @app.command()
@@ -105,11 +113,12 @@ def import_uci(
     src: Path = typer.Option(..., help="dataset_diabetes.zip, diabetic_data.csv or their folder."),
     out: str = typer.Option(..., help="Feature folder to write."),
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
+    json_path: Path | None = JSON_OPTION,
 ) -> None:
     """UCI Diabetes 130-US hospitals -> feature folder split by patient_nbr."""
     from data.sources import import_uci_diabetes
 
-    _summary(import_uci_diabetes(str(src), out, overwrite=overwrite))
+    _summary(import_uci_diabetes(str(src), out, overwrite=overwrite), json_path)
 
 
 @import_app.command("mimic3")
@@ -118,8 +127,9 @@ def import_mimic(
     src: Path = typer.Option(..., help="Folder with the MIMIC-III CSV files."),
     out: str = typer.Option(..., help="Raw EHR folder to write."),
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
+    json_path: Path | None = JSON_OPTION,
 ) -> None:
     """MIMIC-III (full or demo) -> raw EHR folder; then run `features` on it."""
     from data.sources import import_mimic3
 
-    _summary(import_mimic3(str(src), out, overwrite=overwrite))
+    _summary(import_mimic3(str(src), out, overwrite=overwrite), json_path)

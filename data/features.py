@@ -112,8 +112,10 @@ def stay_features(stays: pd.DataFrame) -> pa.Table:
     previous = position - 1
     first_stay = (previous < 0) | (patient[np.maximum(previous, 0)] != patient)
 
-    dob = pd.to_datetime(df["date_of_birth"])
-    age = (df["admit_time"] - dob).dt.days / 365.25
+    # In days, not nanoseconds: MIMIC's shifted ages (~300 years) overflow datetime64[ns].
+    dob = np.asarray(df["date_of_birth"], dtype="datetime64[D]")
+    years = (admit / 86_400 - dob.astype(np.int64)) / 365.25
+    age = pd.Series(np.where(np.isnat(dob), np.nan, years), index=df.index)
     out = pd.DataFrame({
         "admission_id": df["admission_id"].astype(str),
         "patient_id": df["patient_id"].astype(str),
@@ -210,7 +212,10 @@ def finalize(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-OUTPUT_ORDER = [*STAY_SCHEMA.names, *DIAGNOSIS_SCHEMA.names[1:], *MEASUREMENT_SCHEMA.names[1:], TEXT_COLUMN]
+OUTPUT_SCHEMA = pa.schema(
+    [*STAY_SCHEMA, *list(DIAGNOSIS_SCHEMA)[1:], *list(MEASUREMENT_SCHEMA)[1:], *list(NOTE_SCHEMA)[1:]]
+)
+OUTPUT_ORDER = OUTPUT_SCHEMA.names
 
 
 # --- Ray Data pipeline ------------------------------------------------------------------------
@@ -226,10 +231,6 @@ def _by_key(ds: Any, key: str, fn: Callable[[pd.DataFrame], pa.Table], partition
     return ds.repartition(partitions, keys=[key]).map_batches(
         fn, batch_size=None, batch_format="pandas", zero_copy_batch=True
     )
-
-
-def _empty(schema: pa.Schema) -> pd.DataFrame:
-    return schema.empty_table().to_pandas()
 
 
 def build_features(
@@ -270,16 +271,15 @@ def build_features(
     for right in per_stay:
         features = features.join(right, join_type="left_outer", num_partitions=n, on=("admission_id",))
 
-    def complete(batch: pd.DataFrame) -> pd.DataFrame:
-        for schema in (MEASUREMENT_SCHEMA, DIAGNOSIS_SCHEMA, NOTE_SCHEMA):
-            for name in schema.names[1:]:
-                if name not in batch.columns:
-                    batch[name] = _empty(schema)[name].reindex(batch.index)
-        return finalize(batch)[[*OUTPUT_ORDER, SPLIT_COLUMN]]
+    def complete(batch: pd.DataFrame) -> pa.Table:
+        for name in OUTPUT_ORDER:
+            if name not in batch.columns:  # that source table was empty
+                batch[name] = None
+        return _to_schema(finalize(batch), OUTPUT_SCHEMA.append(pa.field(SPLIT_COLUMN, pa.string())))
 
     features = features.map_batches(complete, batch_format="pandas")
     target = resolve(out)
-    spec = _spec(raw)
+    spec = feature_spec(raw)
     with staged_output(target, overwrite) as staging:
         features.write_parquet(staging.path, filesystem=staging.fs, partition_cols=[SPLIT_COLUMN])
         manifest = _finish(staging, spec, started)
@@ -287,7 +287,7 @@ def build_features(
     return manifest
 
 
-def _spec(raw: str) -> FeatureSpec:
+def feature_spec(raw: str) -> FeatureSpec:
     return FeatureSpec(
         source={"kind": "raw-ehr", "path": str(raw)},
         id_columns=ID_COLUMNS,

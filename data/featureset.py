@@ -135,9 +135,14 @@ def write_manifest(folder: Location, spec: FeatureSpec) -> dict[str, Any]:
 def hive_to_split_dirs(staging: Location) -> None:
     """Rename `split=train/` partitions (what partitioned parquet writers make) to `train/`."""
     for split in SPLITS:
-        src = staging.child(f"{SPLIT_COLUMN}={split}")
-        if src.exists():
-            staging.fs.move(src.path, staging.child(split).path)
+        src, dest = staging.child(f"{SPLIT_COLUMN}={split}"), staging.child(split)
+        if not src.exists():
+            continue
+        if not staging.is_s3:
+            staging.fs.move(src.path, dest.path)
+            continue
+        for path in src.list_files():  # object stores move keys, not folders
+            staging.fs.move(path, dest.path + path[len(src.path) :])
 
 
 def write_feature_frame(

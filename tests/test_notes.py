@@ -26,9 +26,20 @@ from data.notes import (
 )
 
 RELATIVES = ("mother", "father", "brother", "sister", "maternal grandmother", "paternal uncle")
-MEDS = ("furosemide", "metoprolol succinate", "lisinopril", "apixaban", "insulin glargine",
-        "atorvastatin", "aspirin", "metformin", "albuterol inhaler", "sertraline",
-        "pantoprazole", "amlodipine")
+MEDS = (
+    "furosemide",
+    "metoprolol succinate",
+    "lisinopril",
+    "apixaban",
+    "insulin glargine",
+    "atorvastatin",
+    "aspirin",
+    "metformin",
+    "albuterol inhaler",
+    "sertraline",
+    "pantoprazole",
+    "amlodipine",
+)
 
 _SENT_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
 
@@ -54,8 +65,9 @@ def random_facts(r: np.random.Generator, typo_rate: float = 0.02) -> NoteFacts:
     n_hist, n_den = int(r.integers(0, 6)), int(r.integers(0, 4))
     syms = [str(s) for s in r.permutation(list(SYMPTOMS))]
     n_pres, n_sden = int(r.integers(0, 3)), int(r.integers(0, 5))
-    family = [(str(r.choice(RELATIVES)), str(r.choice(list(CONDITIONS))))
-              for _ in range(int(r.integers(0, 3)))]
+    family = [
+        (str(r.choice(RELATIVES)), str(r.choice(list(CONDITIONS)))) for _ in range(int(r.integers(0, 3)))
+    ]
     meds = [str(m) for m in r.choice(MEDS, int(r.integers(0, 11)), replace=False)]
     return NoteFacts(
         age=int(r.integers(18, 100)),
@@ -64,10 +76,10 @@ def random_facts(r: np.random.Generator, typo_rate: float = 0.02) -> NoteFacts:
         los_days=float(r.gamma(2.0, 2.0)),
         disposition=str(r.choice(DISPOSITIONS)),
         history=conds[:n_hist],
-        denied_history=conds[n_hist:n_hist + n_den],
+        denied_history=conds[n_hist : n_hist + n_den],
         family_history=family,
         symptoms_present=syms[:n_pres],
-        symptoms_denied=syms[n_pres:n_pres + n_sden],
+        symptoms_denied=syms[n_pres : n_pres + n_sden],
         lives_alone=bool(r.random() < 0.3),
         cannot_afford_medications=bool(r.random() < 0.25),
         medications=meds,
@@ -83,7 +95,7 @@ def sentences(text: str) -> list[str]:
 def negated_in_window(sent: str, term: re.Pattern) -> bool:
     """NegEx-style: a cue lies wholly within the NEGATION_WINDOW words before the term."""
     for m in term.finditer(sent):
-        window = " ".join(sent[:m.start()].split()[-NEGATION_WINDOW:])
+        window = " ".join(sent[: m.start()].split()[-NEGATION_WINDOW:])
         if CUE_RE.search(window):
             return True
     return False
@@ -91,7 +103,7 @@ def negated_in_window(sent: str, term: re.Pattern) -> bool:
 
 def check_note(text: str, f: NoteFacts) -> None:
     """Assert every fact is expressed with the right polarity and experiencer."""
-    assert "\x01" not in text and "\x02" not in text     # protection markers are stripped
+    assert "\x01" not in text and "\x02" not in text  # protection markers are stripped
     sents = sentences(text)
     low = text.lower()
     for k in f.symptoms_denied:
@@ -103,8 +115,9 @@ def check_note(text: str, f: NoteFacts) -> None:
     for k in f.denied_history:
         assert any(negated_in_window(s, COND_RE[k]) for s in sents), (k, text)
     for k in f.history:
-        assert any(COND_RE[k].search(s) and not ANY_CUE_RE.search(s) and not REL_RE.search(s)
-                   for s in sents), (k, text)
+        assert any(
+            COND_RE[k].search(s) and not ANY_CUE_RE.search(s) and not REL_RE.search(s) for s in sents
+        ), (k, text)
     for rel, k in f.family_history:
         assert any(COND_RE[k].search(s) and rel in s.lower() for s in sents), (rel, k, text)
 
@@ -133,8 +146,7 @@ def test_same_state_same_text():
     facts = [random_facts(np.random.default_rng(i)) for i in range(50)]
     a = np.random.default_rng(123)
     b = np.random.default_rng(123)
-    assert [render_discharge_summary(a, f) for f in facts] == \
-        [render_discharge_summary(b, f) for f in facts]
+    assert [render_discharge_summary(a, f) for f in facts] == [render_discharge_summary(b, f) for f in facts]
 
 
 def test_different_seeds_give_different_text():
@@ -161,11 +173,22 @@ def test_facts_survive_heavy_typos():
 
 def test_typos_only_hit_unprotected_words():
     """Typos are drawn after the text, so typo_rate 0 vs >0 share the same base note."""
-    phrases = [p for group in (
-        NEGATION_CUES, POST_NEGATION_CUES, LIVES_ALONE_PHRASES, COST_BARRIER_PHRASES,
-        FOLLOWUP_PHRASES, NO_FOLLOWUP_PHRASES, RELATIVES, PRIMARY_PROBLEMS,
-        *CONDITIONS.values(), *SYMPTOMS.values(),
-    ) for p in group]
+    phrases = [
+        p
+        for group in (
+            NEGATION_CUES,
+            POST_NEGATION_CUES,
+            LIVES_ALONE_PHRASES,
+            COST_BARRIER_PHRASES,
+            FOLLOWUP_PHRASES,
+            NO_FOLLOWUP_PHRASES,
+            RELATIVES,
+            PRIMARY_PROBLEMS,
+            *CONDITIONS.values(),
+            *SYMPTOMS.values(),
+        )
+        for p in group
+    ]
     # Drug names may be misspelt in the narrative; the discharge list itself is checked
     # verbatim by check_note under heavy typos.
     protected_rx = re.compile(rf"(?<![\w-])(?:{_alt(phrases)})(?![\w-])", re.IGNORECASE)
@@ -215,10 +238,22 @@ def test_length_bounds():
 
 
 def test_empty_facts_have_no_fact_terms():
-    f = NoteFacts(age=55, sex="F", primary_problem="cellulitis", los_days=0.4,
-                  disposition="HOME", history=[], denied_history=[], family_history=[],
-                  symptoms_present=[], symptoms_denied=[], lives_alone=False,
-                  cannot_afford_medications=False, medications=[], followup_arranged=True)
+    f = NoteFacts(
+        age=55,
+        sex="F",
+        primary_problem="cellulitis",
+        los_days=0.4,
+        disposition="HOME",
+        history=[],
+        denied_history=[],
+        family_history=[],
+        symptoms_present=[],
+        symptoms_denied=[],
+        lives_alone=False,
+        cannot_afford_medications=False,
+        medications=[],
+        followup_arranged=True,
+    )
     rng = np.random.default_rng(8)
     for _ in range(200):
         text = render_discharge_summary(rng, f)
@@ -245,7 +280,7 @@ def test_many_distinct_templates():
         sents = sentences(render_discharge_summary(rng, f))
         norm = [_normalise(s, f) for s in sents]
         distinct.update(norm)
-        firsts.add(next(n for n in norm if "<x>" in n))    # the HPI opening
+        firsts.add(next(n for n in norm if "<x>" in n))  # the HPI opening
         for s, n in zip(sents, norm, strict=True):
             if "<t>" in n:
                 (neg_sents if ANY_CUE_RE.search(s) else aff_sents).add(n)
@@ -256,8 +291,17 @@ def test_many_distinct_templates():
 
 
 def test_negation_cue_variety_and_post_negation():
-    for cue in ("denies", "no", "no history of", "negative for", "without", "no evidence of",
-                "not", "ruled out", "free of"):
+    for cue in (
+        "denies",
+        "no",
+        "no history of",
+        "negative for",
+        "without",
+        "no evidence of",
+        "not",
+        "ruled out",
+        "free of",
+    ):
         assert cue in NEGATION_CUES
     r = np.random.default_rng(12)
     rng = np.random.default_rng(13)
@@ -270,8 +314,9 @@ def test_negation_cue_variety_and_post_negation():
         for s in sentences(text):
             for rx in terms:
                 m = rx.search(s)
-                if m and re.match(rf"\W*(?:was\s+)?(?:{_alt(POST_NEGATION_CUES)})\b",
-                                  s[m.end():], re.IGNORECASE):
+                if m and re.match(
+                    rf"\W*(?:was\s+)?(?:{_alt(POST_NEGATION_CUES)})\b", s[m.end() :], re.IGNORECASE
+                ):
                     post += 1
     assert len(seen_cues) >= 12
     assert post > 20
@@ -305,17 +350,43 @@ def test_templates_keep_their_polarity_and_do_not_leak_terms():
     """Static guarantees behind the sampled checks above."""
     from data import notes
 
-    affirmed = (notes._SYM_AFF, notes._SYM_AFF_POST, notes._PMH_AFF, notes._INTRO_HX,
-                notes._INTRO_PLAIN, notes._FAMILY_TEMPLATES)
+    affirmed = (
+        notes._SYM_AFF,
+        notes._SYM_AFF_POST,
+        notes._PMH_AFF,
+        notes._INTRO_HX,
+        notes._INTRO_PLAIN,
+        notes._FAMILY_TEMPLATES,
+    )
     for t in _flatten(affirmed):
         assert not ANY_CUE_RE.search(t), t
-    filler = (notes._COURSE_FILLER, notes._HPI_FILLER, notes._SOCIAL_FILLER, notes._VITALS,
-              notes._LABS, notes._EXAM_BASE, notes._EXAM_NEURO, notes._PLAN_FILLER,
-              notes._CONDITION_BASE, notes._CONDITION_NEURO, notes._PROBLEM_COURSE,
-              notes._GENERIC_COURSE, notes._TITLES, notes._PREAMBLE, notes._DISPO_TEXT,
-              notes._FAMILY_EMPTY, notes._LOS, notes._LIVES_ALONE, notes._LIVES_WITH,
-              notes._COST_YES, notes._COST_NO, notes._FOLLOW_YES, notes._FOLLOW_NO,
-              notes._COND_MODIFIERS, tuple(notes._HEADER_NAMES.values()))
+    filler = (
+        notes._COURSE_FILLER,
+        notes._HPI_FILLER,
+        notes._SOCIAL_FILLER,
+        notes._VITALS,
+        notes._LABS,
+        notes._EXAM_BASE,
+        notes._EXAM_NEURO,
+        notes._PLAN_FILLER,
+        notes._CONDITION_BASE,
+        notes._CONDITION_NEURO,
+        notes._PROBLEM_COURSE,
+        notes._GENERIC_COURSE,
+        notes._TITLES,
+        notes._PREAMBLE,
+        notes._DISPO_TEXT,
+        notes._FAMILY_EMPTY,
+        notes._LOS,
+        notes._LIVES_ALONE,
+        notes._LIVES_WITH,
+        notes._COST_YES,
+        notes._COST_NO,
+        notes._FOLLOW_YES,
+        notes._FOLLOW_NO,
+        notes._COND_MODIFIERS,
+        tuple(notes._HEADER_NAMES.values()),
+    )
     for t in _flatten(filler):
         for rx in (*COND_RE.values(), *SYM_RE.values()):
             assert not rx.search(t), t

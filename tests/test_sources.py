@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import zipfile
 from pathlib import Path
 
@@ -31,17 +30,6 @@ from data.sources.uci_diabetes import (
     import_uci_diabetes,
     uci_features,
 )
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def datasets_dir() -> Path:
-    """The shared datasets folder, or skip: tests must pass on a fresh clone without it."""
-    folder = Path(os.environ.get("MEDISCALE_DATASETS") or REPO_ROOT.parent / "shared" / "datasets")
-    if not folder.is_dir():
-        pytest.skip(f"shared datasets not found at {folder} (set MEDISCALE_DATASETS)")
-    return folder
 
 
 def _dataset(folder: Path, *parts: str) -> Path:
@@ -190,9 +178,7 @@ def test_import_uci_from_csv_and_mapping_beside(tmp_path: Path) -> None:
     # payer_code is "?" on every row: no values, no type, so it is left out.
     assert manifest["source"]["dropped_empty_columns"] == ["payer_code"]
     assert "payer_code" not in {f["name"] for f in manifest["features"]}
-    frames = [
-        read_split_pandas(str(tmp_path / "out"), s) for s in SPLITS if manifest["splits"][s]["rows"]
-    ]
+    frames = [read_split_pandas(str(tmp_path / "out"), s) for s in SPLITS if manifest["splits"][s]["rows"]]
     both = pd.concat(frames)
     assert set(both["admission_source"]) == {"Emergency Room"}
     with pytest.raises(FileExistsError):

@@ -1,0 +1,48 @@
+# MediScale: `make run` sets everything up and runs the main job; `make test` runs the suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= artifacts
+PATIENTS ?= 3000
+SEED ?= 0
+
+export MEDISCALE_DATA_DIR := $(DATA_DIR)
+
+.PHONY: run venv data test lint format bench-data clean
+
+run: data
+	@echo "Feature folder ready: $(DATA_DIR)/features (manifest: $(DATA_DIR)/features/manifest.json)"
+
+venv: $(VENV)/.installed
+
+# Rebuilt when the dependency list changes; torch is pinned so pip takes the local CPU wheel.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+data: $(DATA_DIR)/features/manifest.json
+
+$(DATA_DIR)/raw/manifest.json: | venv
+	$(BIN)/python -m data synth --patients $(PATIENTS) --seed $(SEED) --out $(DATA_DIR)/raw --overwrite
+
+$(DATA_DIR)/features/manifest.json: $(DATA_DIR)/raw/manifest.json
+	$(BIN)/python -m data features --raw $(DATA_DIR)/raw --out $(DATA_DIR)/features --overwrite
+
+test: venv
+	$(BIN)/pytest
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench-data: venv
+	$(BIN)/python bench/data_pipeline.py --json bench/results/data_pipeline.json
+
+clean:
+	rm -rf $(DATA_DIR)
