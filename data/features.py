@@ -226,17 +226,67 @@ def _partitions(rows: int) -> int:
     return int(min(128, max(4, math.ceil(rows / 200_000))))
 
 
-def _by_key(ds: Any, key: str, fn: Callable[[pd.DataFrame], pa.Table], partitions: int) -> Any:
-    """Hash-partition on `key` so each block holds whole groups, then apply `fn` per block."""
-    return ds.repartition(partitions, keys=[key]).map_batches(
-        fn, batch_size=None, batch_format="pandas", zero_copy_batch=True
-    )
+KIND = "_kind"
+PATIENT_COLUMNS = ["patient_id", "sex", "date_of_birth", "ethnicity"]
+# One envelope per shuffle: every input table is padded with nulls to the same columns and
+# tagged with its kind, so ONE hash shuffle co-locates all rows of a patient (or a stay).
+# Each shuffle costs seconds of fixed overhead on Ray Data, whatever the data size.
+PATIENT_ENVELOPE = pa.schema(
+    [*TABLES["admissions"], *[TABLES["patients"].field(c) for c in PATIENT_COLUMNS[1:]], (KIND, pa.string())]
+)
+STAY_ENVELOPE = pa.schema(
+    [
+        ("admission_id", pa.string()), (KIND, pa.string()), ("charttime", pa.timestamp("us")),
+        ("item", pa.string()), ("value", pa.float64()), ("icd_code", pa.string()),
+        ("icd_version", pa.int8()), ("category", pa.string()), ("text", pa.string()),
+    ]
+)  # fmt: skip
+PER_STAY_SCHEMA = pa.schema([*MEASUREMENT_SCHEMA, *list(DIAGNOSIS_SCHEMA)[1:], *list(NOTE_SCHEMA)[1:]])
+
+
+def _envelope(batch: pa.Table, schema: pa.Schema, kind: str) -> pa.Table:
+    n = batch.num_rows
+    columns = []
+    for f in schema:
+        if f.name == KIND:
+            columns.append(pa.array([kind] * n, pa.string()))
+        elif f.name in batch.column_names:
+            columns.append(batch.column(f.name).cast(f.type))
+        else:
+            columns.append(pa.nulls(n, f.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def patient_block(rows: pd.DataFrame) -> pa.Table:
+    """Whole patients (their patient row and all their stays) -> stay features."""
+    patients = rows.loc[rows[KIND] == "patients", PATIENT_COLUMNS]
+    stays = rows.loc[rows[KIND] == "admissions", TABLES["admissions"].names]
+    if stays.empty:
+        return STAY_SCHEMA.empty_table()
+    return stay_features(stays.merge(patients, on="patient_id", how="left"))
+
+
+def stay_block(rows: pd.DataFrame) -> pa.Table:
+    """Whole stays (all their measurements, codes and notes) -> one row of features each."""
+    parts = [
+        measurement_features(rows.loc[rows[KIND].isin(ITEM_RANGES)]).to_pandas(),
+        diagnosis_features(rows.loc[rows[KIND] == "diagnoses"]).to_pandas(),
+        note_features(rows.loc[rows[KIND] == "notes"]).to_pandas(),
+    ]
+    merged = parts[0]
+    for part in parts[1:]:
+        merged = merged.merge(part, on="admission_id", how="outer")
+    return _to_schema(merged, PER_STAY_SCHEMA)
 
 
 def build_features(
     raw: str, out: str, overwrite: bool = False, partitions: int | None = None
 ) -> dict[str, Any]:
-    """Validate `raw`, build features with Ray Data and publish a feature folder at `out`."""
+    """Validate `raw`, build features with Ray Data and publish a feature folder at `out`.
+
+    Three shuffles in all: patients+admissions by patient, labs+vitals+diagnoses+notes by
+    stay, and the final join of the two on admission_id.
+    """
     import ray
 
     started = time.perf_counter()
@@ -245,35 +295,31 @@ def build_features(
     folder = resolve(raw)
     n = partitions or _partitions(max(report.rows.values()))
 
-    def read(table: str, columns: list[str] | None = None) -> Any:
-        return ray.data.read_parquet(table_files(folder, table), filesystem=folder.fs, columns=columns)
+    def tagged(tables: list[str], schema: pa.Schema) -> Any:
+        parts = [
+            ray.data.read_parquet(
+                table_files(folder, t),
+                filesystem=folder.fs,
+                columns=[c for c in schema.names if c in TABLES[t].names],
+            ).map_batches(_envelope, batch_format="pyarrow", fn_args=(schema, t))
+            for t in tables
+            if report.rows.get(t)
+        ]
+        return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0] if parts else None
 
-    stays = read("admissions").join(
-        read("patients", ["patient_id", "sex", "date_of_birth", "ethnicity"]),
-        join_type="left_outer", num_partitions=n, on=("patient_id",),
-    )  # fmt: skip
-    features = _by_key(stays, "patient_id", stay_features, n)
+    def by_key(ds: Any, key: str, fn: Callable[[pd.DataFrame], pa.Table]) -> Any:
+        """Hash-partition on `key` so each block holds whole groups, then apply `fn` per block."""
+        return ds.repartition(n, keys=[key]).map_batches(fn, batch_size=None, batch_format="pandas")
 
-    measurement_tables = [t for t in ("labs", "vitals") if report.rows.get(t)]
-    if measurement_tables:
-        cols = ["admission_id", "charttime", "item", "value"]
-        measured = read(measurement_tables[0], cols)
-        for extra in measurement_tables[1:]:
-            measured = measured.union(read(extra, cols))
-        per_stay = [_by_key(measured, "admission_id", measurement_features, n)]
-    else:
-        per_stay = []
-    if report.rows.get("diagnoses"):
-        per_stay.append(_by_key(read("diagnoses"), "admission_id", diagnosis_features, n))
-    if report.rows.get("notes"):
-        notes = read("notes", ["admission_id", "charttime", "category", "text"])
-        per_stay.append(_by_key(notes, "admission_id", note_features, n))
-    for right in per_stay:
-        features = features.join(right, join_type="left_outer", num_partitions=n, on=("admission_id",))
+    features = by_key(tagged(["patients", "admissions"], PATIENT_ENVELOPE), "patient_id", patient_block)
+    per_stay = tagged(["labs", "vitals", "diagnoses", "notes"], STAY_ENVELOPE)
+    if per_stay is not None:
+        per_stay = by_key(per_stay, "admission_id", stay_block)
+        features = features.join(per_stay, join_type="left_outer", num_partitions=n, on=("admission_id",))
 
     def complete(batch: pd.DataFrame) -> pa.Table:
         for name in OUTPUT_ORDER:
-            if name not in batch.columns:  # that source table was empty
+            if name not in batch.columns:  # no labs, codes or notes at all in this source
                 batch[name] = None
         return _to_schema(finalize(batch), OUTPUT_SCHEMA.append(pa.field(SPLIT_COLUMN, pa.string())))
 
