@@ -4,38 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from data.featureset import FeatureFolderError
-from data.runtime import init_ray, setup_logging
-from data.validate import RawDataError
+from data.runtime import init_ray, setup_logging, user_errors
 
 app = typer.Typer(help="MediScale data layer: raw EHR folders and feature folders.", no_args_is_help=True)
 import_app = typer.Typer(help="Convert a real public dataset.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
 log = logging.getLogger("data")
-
-USER_ERRORS = (RawDataError, FeatureFolderError, FileNotFoundError, FileExistsError, ValueError, KeyError)
-
-
-def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Bad input ends with a one-paragraph message and exit code 2, not a traceback."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except USER_ERRORS as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(code=2) from None
-
-    return wrapper
-
 
 JSON_OPTION = typer.Option(None, "--json", help="Also write the full manifest to this file.")
 
@@ -54,7 +33,7 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logg
 
 
 @app.command()
-@_user_errors
+@user_errors
 def synth(
     patients: int = typer.Option(..., min=1, help="Number of patients to generate."),
     out: str = typer.Option(..., help="Raw EHR folder to write (local path or s3://)."),
@@ -70,7 +49,7 @@ def synth(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def validate(raw: str = typer.Argument(..., help="Raw EHR folder (local path or s3://).")) -> None:
     """Check a raw EHR folder against the schema; lists every problem at once."""
     from data.validate import validate_raw
@@ -84,7 +63,7 @@ def validate(raw: str = typer.Argument(..., help="Raw EHR folder (local path or 
 
 
 @app.command()
-@_user_errors
+@user_errors
 def features(
     raw: str = typer.Option(..., help="Raw EHR folder (local path or s3://)."),
     out: str = typer.Option(..., help="Feature folder to write (local path or s3://)."),
@@ -108,7 +87,7 @@ def schema() -> None:
 
 
 @import_app.command("uci-diabetes")
-@_user_errors
+@user_errors
 def import_uci(
     src: Path = typer.Option(..., help="dataset_diabetes.zip, diabetic_data.csv or their folder."),
     out: str = typer.Option(..., help="Feature folder to write."),
@@ -122,7 +101,7 @@ def import_uci(
 
 
 @import_app.command("mimic3")
-@_user_errors
+@user_errors
 def import_mimic(
     src: Path = typer.Option(..., help="Folder with the MIMIC-III CSV files."),
     out: str = typer.Option(..., help="Raw EHR folder to write."),

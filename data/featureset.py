@@ -221,3 +221,46 @@ def read_split_pandas(folder: str, split: str, columns: list[str] | None = None)
     if not files:
         raise FeatureFolderError(f"{location.uri}: split {split!r} has no rows")
     return pads.dataset(files, filesystem=location.fs, format="parquet").to_table(columns=columns).to_pandas()
+
+
+def verify_feature_folder(folder: str, need_positives: bool = True) -> dict[str, Any]:
+    """The manifest, after checking every split's files against it (what a model relies on).
+
+    Names the split and column for a missing or extra column, a type that no longer matches
+    the manifest, an empty train split, or a train split without positive labels.
+    """
+    manifest = read_manifest(folder)
+    expected = {f["name"]: f["type"] for f in manifest["features"]}
+    fixed = [*manifest["id_columns"], manifest["label_column"]]
+    if manifest.get("text_column"):
+        fixed.append(manifest["text_column"])
+    problems: list[str] = []
+    for split in SPLITS:
+        location, files = split_files(folder, split)
+        if not files:
+            if manifest["splits"][split]["rows"]:
+                problems.append(f"{split}: manifest says {manifest['splits'][split]['rows']} rows, no files")
+            continue
+        schema = pads.dataset(files, filesystem=location.fs, format="parquet").schema
+        missing = [c for c in [*fixed, *expected] if c not in schema.names]
+        extra = [c for c in schema.names if c not in expected and c not in fixed]
+        if missing:
+            problems.append(f"{split}: missing column(s) {missing}")
+        if extra:
+            problems.append(f"{split}: column(s) {extra} are not in the manifest")
+        for name, kind in expected.items():
+            if name in schema.names:
+                try:
+                    actual = feature_type(schema.field(name).type)
+                except FeatureFolderError:
+                    actual = str(schema.field(name).type)
+                if actual != kind:
+                    problems.append(f"{split}: column {name!r} is {actual}, manifest says {kind}")
+    train = manifest["splits"]["train"]
+    if not train["rows"]:
+        problems.append("train: no rows")
+    elif need_positives and not train["positives"]:
+        problems.append(f"train: no positive labels in {manifest['label_column']!r}")
+    if problems:
+        raise FeatureFolderError(f"{resolve(folder).uri}: " + "; ".join(problems))
+    return manifest

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+# Errors that mean "the input is wrong" (ValueError covers the project's own error classes).
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError, FileExistsError)
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -28,3 +34,18 @@ def init_ray(num_cpus: int | None = None, log_to_driver: bool = False) -> None:
         ray.init(address=address, log_to_driver=log_to_driver)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """CLI commands: bad input ends with one `error: ...` line and exit code 2, no traceback."""
+    import typer
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper

@@ -1,0 +1,109 @@
+"""`python -m ml ...`: train models and manage the MLflow registry."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+from data.runtime import init_ray, setup_logging, user_errors
+
+app = typer.Typer(help="MediScale models: training and the MLflow registry.", no_args_is_help=True)
+registry_app = typer.Typer(
+    help="Registered models and their champion/challenger aliases.", no_args_is_help=True
+)
+app.add_typer(registry_app, name="registry")
+log = logging.getLogger("ml")
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    setup_logging(verbose)
+
+
+def _scale_pos_weight(value: str | None) -> float | str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise typer.BadParameter(f"--scale-pos-weight must be a number or 'auto', got {value!r}") from None
+
+
+@app.command("train-tabular")
+@user_errors
+def train_tabular(
+    features: str = typer.Option(..., help="Feature folder (local path or s3://)."),
+    register: bool = typer.Option(False, help="Register the model (alias challenger; champion if first)."),
+    metrics_out: Path | None = typer.Option(None, help="Write the test metrics here as JSON."),
+    model_name: str = typer.Option("readmission-tabular", help="Registered model name."),
+    num_workers: int = typer.Option(1, min=1, help="Ray Train workers."),
+    cpus_per_worker: int = typer.Option(1, min=1, help="XGBoost threads per worker."),
+    use_gpu: bool = typer.Option(False, help="Train on GPUs (one per worker)."),
+    max_rounds: int = typer.Option(400, min=1),
+    learning_rate: float = typer.Option(0.05),
+    max_depth: int = typer.Option(5, min=1),
+    scale_pos_weight: str | None = typer.Option(None, help="A number, 'auto' (neg/pos) or unset."),
+    calibration: str = typer.Option("auto", help="auto, isotonic, platt or none."),
+    n_boot: int = typer.Option(1000, min=10, help="Bootstrap resamples for the CIs."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Train the XGBoost readmission model on Ray Train, evaluate, log to MLflow."""
+    from ml.experiment import as_json
+    from ml.experiment import train_tabular as run
+    from ml.tabular import TabularConfig
+
+    config = TabularConfig(
+        num_workers=num_workers,
+        cpus_per_worker=cpus_per_worker,
+        use_gpu=use_gpu,
+        max_rounds=max_rounds,
+        learning_rate=learning_rate,
+        max_depth=max_depth,
+        scale_pos_weight=_scale_pos_weight(scale_pos_weight),
+        calibration=calibration,
+        seed=seed,
+    )
+    init_ray()
+    result = run(features, config, register=register, model_name=model_name, n_boot=n_boot)
+    text = as_json(result)
+    typer.echo(text)
+    if metrics_out:
+        metrics_out.parent.mkdir(parents=True, exist_ok=True)
+        metrics_out.write_text(text)
+
+
+@registry_app.command("list")
+@user_errors
+def list_models() -> None:
+    """Every registered version with its aliases."""
+    from ml import registry
+
+    registry.configure()
+    typer.echo(registry.format_table(registry.list_models()))
+
+
+@registry_app.command("promote")
+@user_errors
+def promote(
+    model: str = typer.Option(..., help="Registered model name."),
+    version: str = typer.Option(..., help="Version to make champion."),
+) -> None:
+    """Make VERSION the champion (the previous champion is remembered for rollback)."""
+    from ml import registry
+
+    registry.configure()
+    info = registry.promote(model, version)
+    typer.echo(f"{info.name} v{info.version} is now {registry.CHAMPION}")
+
+
+@registry_app.command("rollback")
+@user_errors
+def rollback(model: str = typer.Option(..., help="Registered model name.")) -> None:
+    """Give the champion alias back to the version that held it before the last promotion."""
+    from ml import registry
+
+    registry.configure()
+    info = registry.rollback(model)
+    typer.echo(f"{info.name} v{info.version} is {registry.CHAMPION} again")

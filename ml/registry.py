@@ -1,0 +1,366 @@
+"""MLflow tracking and model registry: where models are logged, versioned and picked for serving.
+
+Every model (XGBoost tabular now, a BERT note model later) is an MLflow pyfunc model registered
+under a name such as `readmission-tabular`. Serving never asks for a version number, only for an
+alias: a new version becomes `challenger`; `champion` moves only on `promote` (or `rollback`), so
+registering a model cannot change what is served. The one exception is the very first version of
+a model, which also becomes `champion` so that a fresh install can serve something.
+
+The champion history lives in a registered-model tag, not in this process, so a rollback works
+from any process or machine that reaches the same registry.
+
+Nothing here runs at import. The tracking URI comes from `MLFLOW_TRACKING_URI` when set (a shared
+server; its credentials, if any, also come only from the environment, e.g.
+`MLFLOW_TRACKING_USERNAME` / `MLFLOW_TRACKING_PASSWORD`), else a sqlite file in the data dir.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from data.config import Settings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion, RegisteredModel
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+HISTORY_TAG = "champion_history"
+# Registered-model tag values are capped (5000 chars in the SQL stores): keep the newest entries only.
+HISTORY_LIMIT = 100
+DB_FILE = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+
+_state: dict[str, str | None] = {"uri": None}
+# mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI (for child processes); these are the
+# local defaults this process put there, which must not then count as "set by the environment".
+_own_defaults: set[str] = set()
+
+
+class RegistryError(ValueError):
+    """A registry request that cannot be met (unknown model, version or alias; nothing to roll back)."""
+
+
+@dataclass
+class VersionInfo:
+    """One registered model version, as the CLI and the serving layer need it."""
+
+    name: str
+    version: str
+    run_id: str
+    aliases: list[str] = field(default_factory=list)
+    created: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- tracking set-up
+
+
+def _env_uri() -> str | None:
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or None
+    return None if uri in _own_defaults else uri
+
+
+def _data_dir(settings: Settings | None) -> Path:
+    return (settings or Settings.from_env()).data_dir.resolve()
+
+
+def tracking_uri(settings: Settings | None = None) -> str:
+    """The tracking/registry URI: a shared server named in the environment wins over the local db."""
+    return _env_uri() or f"sqlite:///{_data_dir(settings)}/{DB_FILE}"
+
+
+def configure(settings: Settings | None = None) -> str:
+    """Point MLflow (tracking and registry) at `tracking_uri()`; safe to call any number of times."""
+    import mlflow
+
+    uri = tracking_uri(settings)
+    if _env_uri() is None:
+        _data_dir(settings).mkdir(parents=True, exist_ok=True)
+        _own_defaults.add(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if _state["uri"] != uri:
+        log.info("MLflow tracking and registry at %s", uri)
+    _state["uri"] = uri
+    return uri
+
+
+def _client() -> MlflowClient:
+    """A client on the configured store; configures from the environment on first use."""
+    from mlflow import MlflowClient
+
+    if _state["uri"] is None:
+        configure()
+    return MlflowClient()
+
+
+def experiment(name: str, settings: Settings | None = None) -> str:
+    """Get or create the experiment `name` and return its id.
+
+    With the local sqlite default the artifacts go beside the db (`<data_dir>/mlartifacts/<name>`)
+    instead of MLflow's `./mlruns` in whatever folder the process happens to run; a remote server
+    chooses its own artifact location.
+    """
+    configure(settings)
+    client = _client()
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            log.warning("experiment %r was deleted; restoring it", name)
+            client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+    location = None
+    if _env_uri() is None:
+        folder = _data_dir(settings) / ARTIFACTS_DIR / name
+        folder.mkdir(parents=True, exist_ok=True)
+        location = folder.as_uri()
+    experiment_id = client.create_experiment(name, artifact_location=location)
+    log.info("created experiment %r (id %s)", name, experiment_id)
+    return experiment_id
+
+
+# --------------------------------------------------------------------------- lookups
+
+
+def _is_missing(exc: Exception) -> bool:
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+
+
+def _known_names(client: MlflowClient) -> list[str]:
+    names: list[str] = []
+    token = None
+    while True:
+        page = client.search_registered_models(max_results=100, page_token=token)
+        names.extend(m.name for m in page)
+        token = page.token
+        if not token:
+            return sorted(names)
+
+
+def _model(client: MlflowClient, name: str) -> RegisteredModel:
+    """The registered model, or a RegistryError that lists what does exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(name)
+    except MlflowException as exc:
+        if not _is_missing(exc):
+            raise
+        known = ", ".join(_known_names(client)) or "none"
+        raise RegistryError(f"unknown model {name!r}; registered models: {known}") from None
+
+
+def _version(client: MlflowClient, name: str, version: str | int) -> ModelVersion:
+    """A version of an existing model, or a RegistryError naming the model and its versions."""
+    from mlflow.exceptions import MlflowException
+
+    _model(client, name)
+    text = str(version).strip()
+    if text.isdigit():
+        try:
+            return client.get_model_version(name, text)
+        except MlflowException as exc:
+            if not _is_missing(exc):
+                raise
+    numbers = sorted(int(v.version) for v in _versions(client, name))
+    known = ", ".join(str(n) for n in numbers) or "none"
+    raise RegistryError(f"unknown version {version!r} of model {name!r}; versions: {known}")
+
+
+def _aliases(model: RegisteredModel) -> dict[str, str]:
+    # The SQL store returns versions as ints here, the REST store as strings.
+    return {alias: str(v) for alias, v in (model.aliases or {}).items()}
+
+
+def _versions(client: MlflowClient, name: str | None = None) -> list[ModelVersion]:
+    """Every version (of one model, or of all), paging through the store."""
+    escaped = name.replace("'", "\\'") if name is not None else None
+    where = f"name = '{escaped}'" if escaped is not None else None
+    found: list[ModelVersion] = []
+    token = None
+    while True:
+        page = client.search_model_versions(where, max_results=1000, page_token=token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found
+
+
+def _info(client: MlflowClient, mv: ModelVersion, aliases: dict[str, str] | None = None) -> VersionInfo:
+    """VersionInfo with aliases read from the registered model, the one place they are always current."""
+    if aliases is None:
+        aliases = _aliases(client.get_registered_model(mv.name))
+    version = str(mv.version)
+    created = datetime.fromtimestamp((mv.creation_timestamp or 0) / 1000, tz=UTC).isoformat(
+        timespec="seconds"
+    )
+    return VersionInfo(
+        name=mv.name,
+        version=version,
+        run_id=mv.run_id or "",
+        aliases=sorted(a for a, v in aliases.items() if v == version),
+        created=created,
+        tags=dict(mv.tags or {}),
+    )
+
+
+def _history(model: RegisteredModel) -> list[str]:
+    raw = (model.tags or {}).get(HISTORY_TAG)
+    if not raw:
+        return []
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise RegistryError(f"model {model.name!r} has a corrupt {HISTORY_TAG} tag: {raw!r}") from exc
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+# --------------------------------------------------------------------------- registry API
+
+
+def _source_uri(client: MlflowClient, run_id: str, artifact_path: str) -> str:
+    """The URI to register: the run's LoggedModel of that name (MLflow 3), else the run artifact path.
+
+    MLflow 3 stores `log_model(name=...)` output as a LoggedModel outside the run's artifacts;
+    `runs:/<run>/<name>` still resolves but only through a fallback that logs a warning, so the
+    LoggedModel is looked up and registered directly when there is one.
+    """
+    run = client.get_run(run_id)
+    escaped = artifact_path.replace("'", "\\'")
+    models = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = '{escaped}'",
+        max_results=1,
+        order_by=[{"field_name": "creation_timestamp", "ascending": False}],
+    )
+    if models:
+        return models[0].model_uri
+    return f"runs:/{run_id}/{artifact_path}"
+
+
+def register(
+    run_id: str,
+    artifact_path: str,
+    name: str,
+    tags: dict[str, str] | None = None,
+    await_seconds: int = 60,
+) -> VersionInfo:
+    """Register the model logged in a run as a new version of `name`: it becomes the challenger.
+
+    The first version of a model also becomes champion, so a fresh install has something to serve.
+    """
+    import mlflow
+
+    client = _client()
+    source = _source_uri(client, run_id, artifact_path)
+    mv = mlflow.register_model(source, name, await_registration_for=await_seconds, tags=tags or None)
+    version = str(mv.version)
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    if CHAMPION not in _aliases(client.get_registered_model(name)):
+        client.set_registered_model_alias(name, CHAMPION, version)
+        log.info("%s v%s is the first version: champion and challenger", name, version)
+    else:
+        log.info("%s v%s registered as challenger (from %s)", name, version, source)
+    return _info(client, client.get_model_version(name, version))
+
+
+def promote(name: str, version: str | int) -> VersionInfo:
+    """Make `version` the champion, remembering the previous one in the model's tags for rollback."""
+    client = _client()
+    mv = _version(client, name, version)
+    target = str(mv.version)
+    model = client.get_registered_model(name)
+    previous = _aliases(model).get(CHAMPION)
+    if previous is not None and previous != target:
+        # History first: if the alias move then fails, rollback lands on the current champion (a no-op)
+        # rather than losing the way back.
+        history = [*_history(model), previous][-HISTORY_LIMIT:]
+        client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
+    client.set_registered_model_alias(name, CHAMPION, target)
+    log.info("%s champion: v%s -> v%s", name, previous, target)
+    return _info(client, mv)
+
+
+def rollback(name: str) -> VersionInfo:
+    """Return champion to the version it had before the last promotion (popping the history)."""
+    client = _client()
+    model = _model(client, name)
+    history = _history(model)
+    if not history:
+        raise RegistryError(f"model {name!r} has no earlier champion to roll back to")
+    target = history[-1]
+    mv = _version(client, name, target)
+    current = _aliases(model).get(CHAMPION)
+    client.set_registered_model_alias(name, CHAMPION, target)
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[:-1]))
+    log.info("%s champion rolled back: v%s -> v%s", name, current, target)
+    return _info(client, mv)
+
+
+def set_alias(name: str, alias: str, version: str | int) -> None:
+    """Point any alias at an existing version (champion moves should go through promote/rollback)."""
+    client = _client()
+    mv = _version(client, name, version)
+    client.set_registered_model_alias(name, alias, str(mv.version))
+    log.info("%s@%s -> v%s", name, alias, mv.version)
+
+
+def version_for(name: str, alias: str) -> str:
+    """The version an alias points at, or a RegistryError listing the model's aliases."""
+    client = _client()
+    aliases = _aliases(_model(client, name))
+    if alias not in aliases:
+        known = ", ".join(f"{a}=v{v}" for a, v in sorted(aliases.items())) or "none"
+        raise RegistryError(f"model {name!r} has no alias {alias!r}; aliases: {known}")
+    return aliases[alias]
+
+
+def list_models() -> list[VersionInfo]:
+    """Every version of every registered model, models by name, versions newest first."""
+    client = _client()
+    by_name: dict[str, list[ModelVersion]] = {}
+    for mv in _versions(client):
+        by_name.setdefault(mv.name, []).append(mv)
+    infos: list[VersionInfo] = []
+    for name in sorted(by_name):
+        aliases = _aliases(client.get_registered_model(name))
+        for mv in sorted(by_name[name], key=lambda v: int(v.version), reverse=True):
+            infos.append(_info(client, mv, aliases))
+    return infos
+
+
+def model_uri(name: str, alias: str = CHAMPION) -> str:
+    """`models:/name@alias`, checked first so a typo fails here rather than deep inside a loader."""
+    version_for(name, alias)
+    return f"models:/{name}@{alias}"
+
+
+def load(name: str, alias: str = CHAMPION) -> Any:
+    """The pyfunc model behind an alias (the champion unless told otherwise)."""
+    import mlflow
+
+    uri = model_uri(name, alias)
+    log.info("loading %s", uri)
+    return mlflow.pyfunc.load_model(uri)
+
+
+def format_table(infos: list[VersionInfo]) -> str:
+    """A fixed-width table (model, version, aliases, run, created) for the command line."""
+    header = ("model", "version", "aliases", "run", "created")
+    rows = [(i.name, i.version, ",".join(i.aliases) or "-", i.run_id or "-", i.created) for i in infos]
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+    return "\n".join(lines)
