@@ -372,7 +372,11 @@ def train(features: str, config: TabularConfig | None = None, storage_path: str 
         location, files = split_files(features, split)
         if not files:
             raise FeatureFolderError(f"{features}: split {split!r} has no rows")
-        datasets[split] = ray.data.read_parquet(files, filesystem=location.fs, columns=[*names, label])
+        # Materialised before training: XGBoost holds the whole shard in memory anyway, and
+        # the reads must not wait for CPUs that the training workers hold (2-CPU deadlock).
+        datasets[split] = ray.data.read_parquet(
+            files, filesystem=location.fs, columns=[*names, label]
+        ).materialize()
     trainer = XGBoostTrainer(
         train_fn_per_worker,
         train_loop_config={
