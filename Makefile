@@ -7,11 +7,14 @@ PATIENTS ?= 3000
 SEED ?= 0
 
 export MEDISCALE_DATA_DIR := $(DATA_DIR)
+export MLFLOW_DISABLE_TELEMETRY := true
+TABULAR_METRICS := $(DATA_DIR)/models/tabular_metrics.json
 
-.PHONY: run venv data test lint format bench-data clean
+.PHONY: run venv data test lint format bench-data bench-tabular clean
 
-run: data
-	@echo "Feature folder ready: $(DATA_DIR)/features (manifest: $(DATA_DIR)/features/manifest.json)"
+run: data $(TABULAR_METRICS)
+	@echo "Feature folder: $(DATA_DIR)/features; tabular model test metrics: $(TABULAR_METRICS)"
+	$(BIN)/python -m ml registry list
 
 venv: $(VENV)/.installed
 
@@ -30,6 +33,11 @@ $(DATA_DIR)/raw/manifest.json: | venv
 $(DATA_DIR)/features/manifest.json: $(DATA_DIR)/raw/manifest.json
 	$(BIN)/python -m data features --raw $(DATA_DIR)/raw --out $(DATA_DIR)/features --overwrite
 
+# Trains on Ray Train, logs to MLflow (sqlite in $(DATA_DIR)) and registers the model:
+# the first version becomes champion, later ones challenger.
+$(TABULAR_METRICS): $(DATA_DIR)/features/manifest.json
+	$(BIN)/python -m ml train-tabular --features $(DATA_DIR)/features --register --metrics-out $@ --n-boot 500
+
 test: venv
 	$(BIN)/pytest
 
@@ -43,6 +51,10 @@ format: venv
 
 bench-data: venv
 	$(BIN)/python bench/data_pipeline.py --json bench/results/data_pipeline.json
+
+bench-tabular: venv
+	$(BIN)/python bench/tabular_train.py --json bench/results/tabular_train.json
+	$(BIN)/python bench/tabular_uci.py --json bench/results/tabular_uci.json
 
 clean:
 	rm -rf $(DATA_DIR)
