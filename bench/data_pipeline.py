@@ -25,6 +25,9 @@ import psutil
 
 log = logging.getLogger("bench.data_pipeline")
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from common import emit  # noqa: E402
+
 ADMISSIONS_PER_PATIENT = 1.94  # measured mean of the generator; sizes are in admissions
 
 
@@ -156,10 +159,7 @@ def main() -> None:
         "memory_metric": "peak PSS of the whole process tree, MB",
         "results": results,
     }
-    print(json.dumps(report, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+    emit(report, args.json)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,15 @@ plain xgboost with the configuration of a published case study (depth 3, learnin
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from common import emit  # noqa: E402
+
 log = logging.getLogger("bench.tabular_uci")
 
 
@@ -85,10 +88,7 @@ def main() -> None:
         "config": config.model_dump(),
         "calibration": result.predictor.calibrator.method,
     }
-    print(json.dumps(report, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+    emit(report, args.json)
 
 
 if __name__ == "__main__":

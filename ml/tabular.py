@@ -267,6 +267,7 @@ class ReportEvery(xgboost.callback.TrainingCallback):
         self.every = every
         self.last: dict[str, float] = {}
         self.data_seconds = data_seconds
+        self.report_seconds = 0.0  # time inside ray.train.report: overhead, not training
         self.started = time.perf_counter()
 
     def before_training(self, model: xgboost.Booster) -> xgboost.Booster:
@@ -286,7 +287,9 @@ class ReportEvery(xgboost.callback.TrainingCallback):
 
         self.last = {"round": epoch + 1, **self._latest(evals_log)}
         if (epoch + 1) % self.every == 0:
+            started = time.perf_counter()
             ray.train.report(self.last)
+            self.report_seconds += time.perf_counter() - started
         return False
 
     def after_training(self, model: xgboost.Booster) -> xgboost.Booster:
@@ -296,7 +299,9 @@ class ReportEvery(xgboost.callback.TrainingCallback):
             **self.last,
             "best_iteration": int(getattr(model, "best_iteration", self.last.get("round", 1) - 1)),
             "worker_data_seconds": self.data_seconds,
-            "worker_train_seconds": time.perf_counter() - self.started,
+            "worker_train_seconds": time.perf_counter() - self.started - self.report_seconds,
+            "worker_report_seconds": self.report_seconds,
+            "rounds_run": int(self.last.get("round", 0)),
         }
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
@@ -424,6 +429,7 @@ def train(features: str, config: TabularConfig | None = None, storage_path: str 
         "calibrate": time.perf_counter() - t2,
         "worker_data": float(result.metrics.get("worker_data_seconds", 0.0)),
         "worker_train": float(result.metrics.get("worker_train_seconds", 0.0)),
+        "worker_report": float(result.metrics.get("worker_report_seconds", 0.0)),
     }
     valid_metrics = {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
     log.info("tabular model: best round %d, %s", best + 1, {k: round(v, 1) for k, v in seconds.items()})

@@ -54,19 +54,16 @@ def s3_endpoint() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in [*S3_ENV, "MEDISCALE_S3_ENDPOINT_URL"]}
-    os.environ.update(S3_ENV)
-    os.environ["MEDISCALE_S3_ENDPOINT_URL"] = endpoint
-    import boto3
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in {**S3_ENV, "MEDISCALE_S3_ENDPOINT_URL": endpoint}.items():
+            env.setenv(key, value)
+        import boto3
 
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="mediscale-test")
-    yield endpoint
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
+            Bucket="mediscale-test"
+        )
+        yield endpoint
     server.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

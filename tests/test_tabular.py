@@ -28,15 +28,10 @@ FAST = TabularConfig(
 def mlflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A private data dir (sqlite MLflow db + artifacts) for this module."""
     home = tmp_path_factory.mktemp("mlflow-home")
-    saved = {k: os.environ.get(k) for k in ("MEDISCALE_DATA_DIR", "MLFLOW_TRACKING_URI")}
-    os.environ["MEDISCALE_DATA_DIR"] = str(home)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    yield home
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MEDISCALE_DATA_DIR", str(home))
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield home
 
 
 @pytest.fixture(scope="module")
