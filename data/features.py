@@ -232,7 +232,11 @@ PATIENT_COLUMNS = ["patient_id", "sex", "date_of_birth", "ethnicity"]
 # tagged with its kind, so ONE hash shuffle co-locates all rows of a patient (or a stay).
 # Each shuffle costs seconds of fixed overhead on Ray Data, whatever the data size.
 PATIENT_ENVELOPE = pa.schema(
-    [*TABLES["admissions"], *[TABLES["patients"].field(c) for c in PATIENT_COLUMNS[1:]], (KIND, pa.string())]
+    [
+        *[f.with_nullable(True) for f in TABLES["admissions"]],  # patient rows leave stay fields empty
+        *[TABLES["patients"].field(c) for c in PATIENT_COLUMNS[1:]],
+        (KIND, pa.string()),
+    ]
 )
 STAY_ENVELOPE = pa.schema(
     [

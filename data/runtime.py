@@ -9,7 +9,7 @@ from functools import wraps
 from typing import Any
 
 # Errors that mean "the input is wrong" (ValueError covers the project's own error classes).
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError, FileExistsError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError)  # OSError: paths, S3
 
 
 def setup_logging(verbose: bool = False) -> None:
