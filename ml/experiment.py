@@ -94,7 +94,7 @@ def train_tabular(
             (Path(tmp) / "feature_manifest.json").write_text(json.dumps(manifest, indent=2))
             mlflow.log_artifact(str(Path(tmp) / "feature_manifest.json"))
             # Numbers as doubles in the signature: a served record may leave any of them missing.
-            numeric = [*predictor.preprocessor.numeric, *predictor.preprocessor.boolean]
+            numeric = predictor.preprocessor.numeric
             example = test[names].head(5).astype({c: "float64" for c in numeric})
             outputs = pd.DataFrame({"risk": risk[:5], "risk_uncalibrated": raw[:5]})
             signature = mlflow.models.infer_signature(example, outputs)
