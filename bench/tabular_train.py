@@ -52,8 +52,8 @@ def main() -> None:
     import ray.data
     import xgboost
 
-    from data.featureset import read_manifest
-    from ml.tabular import Preprocessor, TabularConfig, read_split, train
+    from data.featureset import read_manifest, read_split_pandas
+    from ml.tabular import Preprocessor, TabularConfig, train
 
     features = str(ensure_features(args.cache, args.patients))
     manifest = read_manifest(features)
@@ -61,8 +61,8 @@ def main() -> None:
     config = TabularConfig(max_rounds=args.rounds, early_stopping_rounds=args.rounds + 1, report_every=50)
 
     started = time.perf_counter()
-    train_df = read_split(features, "train", [*names, label])
-    valid_df = read_split(features, "valid", [*names, label])
+    train_df = read_split_pandas(features, "train", [*names, label])
+    valid_df = read_split_pandas(features, "valid", [*names, label])
     pre = Preprocessor.fit(train_df, manifest)
     dtrain = xgboost.DMatrix(pre.transform(train_df), label=train_df[label], enable_categorical=True)
     dvalid = xgboost.DMatrix(pre.transform(valid_df), label=valid_df[label], enable_categorical=True)

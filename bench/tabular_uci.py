@@ -38,21 +38,21 @@ def main() -> None:
     import ray.data
     import xgboost
 
-    from data.featureset import read_manifest
+    from data.featureset import read_manifest, read_split_pandas
     from data.sources import import_uci_diabetes
     from ml import metrics
-    from ml.tabular import Preprocessor, TabularConfig, read_split, train
+    from ml.tabular import Preprocessor, TabularConfig, train
 
     features = args.cache / "uci_features"
     if not (features / "manifest.json").exists():
         import_uci_diabetes(str(args.datasets / "diabetes130"), str(features), overwrite=True)
     manifest = read_manifest(str(features))
     names, label = [f["name"] for f in manifest["features"]], manifest["label_column"]
-    test = read_split(str(features), "test", [*names, label, "patient_id"])
+    test = read_split_pandas(str(features), "test", [*names, label, "patient_id"])
     y, groups = test[label].to_numpy(), test["patient_id"].to_numpy()
 
     # Baseline: the published configuration, plain xgboost, no early stopping, no calibration.
-    train_df = read_split(str(features), "train", [*names, label])
+    train_df = read_split_pandas(str(features), "train", [*names, label])
     pre = Preprocessor.fit(train_df, manifest)
     dtrain = xgboost.DMatrix(pre.transform(train_df), label=train_df[label], enable_categorical=True)
     baseline_params = {"objective": "binary:logistic", "max_depth": 3, "eta": 0.1, "scale_pos_weight": 8,

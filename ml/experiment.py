@@ -17,8 +17,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from data.featureset import read_split_pandas
 from ml import metrics, registry
-from ml.tabular import TabularConfig, TabularPredictor, read_split, train
+from ml.tabular import TabularConfig, TabularPredictor, train
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def train_tabular(
 
         names = [*predictor.feature_names]
         label = manifest["label_column"]
-        test = read_split(features, "test", [*names, label, manifest["id_columns"][-1]])
+        test = read_split_pandas(features, "test", [*names, label, manifest["id_columns"][-1]])
         y = test[label].to_numpy()
         risk = predictor.predict_proba(test)
         raw = predictor.predict_raw(test)

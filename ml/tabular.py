@@ -32,7 +32,7 @@ import pandas as pd
 import xgboost
 from pydantic import BaseModel, Field
 
-from data.featureset import FeatureFolderError, split_files, verify_feature_folder
+from data.featureset import FeatureFolderError, read_split_pandas, split_files, verify_feature_folder
 
 log = logging.getLogger(__name__)
 
@@ -340,16 +340,9 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
 class TrainResult:
     predictor: TabularPredictor
     manifest: dict[str, Any]
-    config: TabularConfig
     seconds: dict[str, float]
     best_iteration: int
     valid_metrics: dict[str, float]
-
-
-def read_split(features: str, split: str, columns: list[str]) -> pd.DataFrame:
-    from data.featureset import read_split_pandas
-
-    return read_split_pandas(features, split, columns=columns)
 
 
 def train(features: str, config: TabularConfig | None = None, storage_path: str | None = None) -> TrainResult:
@@ -364,7 +357,7 @@ def train(features: str, config: TabularConfig | None = None, storage_path: str 
     t0 = time.perf_counter()
     names = [f["name"] for f in manifest["features"]]
     label = manifest["label_column"]
-    train_df = read_split(features, "train", [*names, label])
+    train_df = read_split_pandas(features, "train", [*names, label])
     if train_df[label].nunique() < 2:
         raise FeatureFolderError(f"{features}: train split needs both classes in {label!r}")
     preprocessor = Preprocessor.fit(train_df, manifest)
@@ -410,7 +403,7 @@ def train(features: str, config: TabularConfig | None = None, storage_path: str 
     best = int(result.metrics.get("best_iteration", booster.num_boosted_rounds() - 1))
     booster = booster[: best + 1]  # drop the rounds early stopping looked past
     uncalibrated = TabularPredictor(booster, preprocessor, Calibrator("none"))
-    valid_df = read_split(features, "valid", [*names, label])
+    valid_df = read_split_pandas(features, "valid", [*names, label])
     raw_valid = uncalibrated.predict_raw(valid_df)
     calibrator = Calibrator.fit(raw_valid, valid_df[label].to_numpy(), config.calibration)
     meta = {
@@ -433,4 +426,4 @@ def train(features: str, config: TabularConfig | None = None, storage_path: str 
     }
     valid_metrics = {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
     log.info("tabular model: best round %d, %s", best + 1, {k: round(v, 1) for k, v in seconds.items()})
-    return TrainResult(predictor, manifest, config, seconds, best, valid_metrics)
+    return TrainResult(predictor, manifest, seconds, best, valid_metrics)
