@@ -74,6 +74,80 @@ def train_tabular(
         metrics_out.write_text(text)
 
 
+@app.command("train-notes")
+@user_errors
+def train_notes(
+    task: str = typer.Option("readmission", help="readmission, negex or mtsdialog."),
+    features: str | None = typer.Option(None, help="Feature folder with notes (readmission task)."),
+    datasets: str | None = typer.Option(None, help="Shared datasets folder (negex, mtsdialog)."),
+    model: str = typer.Option(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        help="Hugging Face id or local folder; production: emilyalsentzer/Bio_ClinicalBERT.",
+    ),
+    register: bool = typer.Option(False, help="Register the model (alias challenger; champion if first)."),
+    model_name: str | None = typer.Option(None, help="Registered name (default per task)."),
+    metrics_out: Path | None = typer.Option(None, help="Write the test metrics here as JSON."),
+    sample: int | None = typer.Option(None, min=10, help="Train on at most this many rows (quick runs)."),
+    epochs: float = typer.Option(3.0, min=0.01),
+    max_steps: int | None = typer.Option(None, min=1),
+    max_length: int = typer.Option(256, min=8),
+    head_tokens: int = typer.Option(64, min=0, help="Tokens kept from the start of a long text."),
+    batch_size: int = typer.Option(16, min=1, help="Micro-batch per worker."),
+    grad_accum: int = typer.Option(1, min=1),
+    learning_rate: float = typer.Option(5e-5),
+    class_weight: str = typer.Option("none", help="none or balanced."),
+    precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16."),
+    num_workers: int = typer.Option(1, min=1, help="Ray Train workers (data parallel)."),
+    cpus_per_worker: int = typer.Option(1, min=1, help="Torch threads per worker."),
+    use_gpu: bool = typer.Option(False, help="One GPU per worker."),
+    checkpoint_every: int = typer.Option(0, min=0, help="Steps between checkpoints (0: at the end)."),
+    resume_from: str | None = typer.Option(None, help="Continue from this checkpoint folder."),
+    n_boot: int = typer.Option(1000, min=10),
+    seed: int = typer.Option(0),
+) -> None:
+    """Fine-tune the note model on Ray Train (TorchTrainer), evaluate, log to MLflow."""
+    from ml.experiment import as_json, train_text
+    from ml.text import TextConfig
+    from ml.text_tasks import TASKS
+
+    if task not in TASKS:  # before starting Ray
+        raise ValueError(f"unknown task {task!r}; expected one of {list(TASKS)}")
+    config = TextConfig(
+        model=model,
+        max_length=max_length,
+        head_tokens=head_tokens,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        epochs=epochs,
+        max_steps=max_steps,
+        learning_rate=learning_rate,
+        class_weight=class_weight,
+        precision=precision,
+        num_workers=num_workers,
+        cpus_per_worker=cpus_per_worker,
+        use_gpu=use_gpu,
+        checkpoint_every=checkpoint_every,
+        seed=seed,
+    )
+    init_ray()
+    result = train_text(
+        task,
+        config,
+        features=features,
+        datasets=datasets,
+        register=register,
+        model_name=model_name,
+        n_boot=n_boot,
+        sample=sample,
+        resume_from=resume_from,
+    )
+    text = as_json(result)
+    typer.echo(text)
+    if metrics_out:
+        metrics_out.parent.mkdir(parents=True, exist_ok=True)
+        metrics_out.write_text(text)
+
+
 @registry_app.command("list")
 @user_errors
 def list_models() -> None:

@@ -124,3 +124,152 @@ def train_tabular(
 
 def as_json(data: dict[str, Any]) -> str:
     return json.dumps(data, indent=2, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o))
+
+
+# --------------------------------------------------------------------------- note model
+
+NOTE_MODEL = "readmission-notes"
+TASK_MODEL_NAMES = {"readmission": NOTE_MODEL, "negex": "negex-negation", "mtsdialog": "mtsdialog-sections"}
+
+
+class NotePyfunc(mlflow.pyfunc.PythonModel):
+    """pyfunc face of NotePredictor: a `text` column in; risk (binary tasks) or label out."""
+
+    def load_context(self, context: Any) -> None:
+        from ml.text import NotePredictor
+
+        self.predictor = NotePredictor.load(context.artifacts["predictor"])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        return self.score(self.predictor, model_input)
+
+    @staticmethod
+    def score(predictor: Any, model_input: pd.DataFrame) -> pd.DataFrame:
+        texts = model_input["text"].fillna("").astype(str).tolist()
+        proba = predictor.predict_proba(texts)
+        out = pd.DataFrame(
+            proba, columns=[f"p_{label}" for label in predictor.labels], index=model_input.index
+        )
+        out.insert(0, "label", [predictor.labels[i] for i in proba.argmax(axis=1)])
+        if predictor.positive is not None:
+            raw = proba[:, predictor.labels.index(predictor.positive)]
+            out.insert(0, "risk", predictor.calibrator(raw) if predictor.calibrator is not None else raw)
+        return out
+
+
+def load_note_predictor(name: str = NOTE_MODEL, alias: str = registry.CHAMPION):
+    """The registered NotePredictor behind an alias (tokenizer, calibrator and combiner included)."""
+    return registry.load(name, alias).unwrap_python_model().predictor
+
+
+def _tabular_risk(frame: pd.DataFrame) -> tuple[np.ndarray, str] | None:
+    """The registered tabular champion's risk for these stays, or None when there is none yet."""
+    try:
+        version = registry.version_for(TABULAR_MODEL, registry.CHAMPION)
+        predictor = load_predictor(TABULAR_MODEL, registry.CHAMPION)
+    except registry.RegistryError:
+        return None
+    return predictor.predict_proba(frame), f"{TABULAR_MODEL} v{version}"
+
+
+def evaluate_text(predictor, splits, n_boot: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Test-split scores: accuracy and macro-F1 always; F1, AUROC etc. for a positive label."""
+    from ml.text_baselines import classification_scores
+
+    texts = splits.test["text"].astype(str).tolist()
+    proba = predictor.predict_proba(texts)
+    predicted = [predictor.labels[i] for i in proba.argmax(axis=1)]
+    truth = splits.test["label"].astype(str).tolist()
+    scores = classification_scores(truth, predicted, positive=splits.positive)
+    out: dict[str, Any] = {f"test_{k}": v for k, v in scores.items()}
+    arrays: dict[str, np.ndarray] = {}
+    if splits.positive is not None:
+        y = (splits.test["label"].astype(str) == splits.positive).to_numpy().astype(int)
+        raw = proba[:, predictor.labels.index(splits.positive)]
+        risk = predictor.calibrator(raw) if predictor.calibrator is not None else raw
+        report = metrics.evaluate(y, risk, n_boot=n_boot, groups=splits.test["group"].to_numpy())
+        out |= report.as_dict("test_")
+        arrays = {"y": y, "risk": risk}
+    return out, arrays
+
+
+def train_text(
+    task: str,
+    config: Any = None,
+    features: str | None = None,
+    datasets: str | None = None,
+    register: bool = False,
+    model_name: str | None = None,
+    n_boot: int = 1000,
+    sample: int | None = None,
+    storage_path: str | None = None,
+    resume_from: str | None = None,
+) -> dict[str, Any]:
+    """Fine-tune the note model on a task, calibrate and evaluate it, log it to MLflow.
+
+    For the readmission task the tabular + note combiner is fitted on validation against the
+    tabular champion (when one is registered) and stored with the note model.
+    """
+    from ml.combine import RiskCombiner
+    from ml.tabular import Calibrator
+    from ml.text import TextConfig, fit
+    from ml.text_tasks import load_task
+
+    config = config or TextConfig()
+    splits = load_task(task, features=features, datasets=datasets, sample=sample, seed=config.seed)
+    model_name = model_name or TASK_MODEL_NAMES[task]
+    registry.configure()
+    mlflow.set_experiment(experiment_id=registry.experiment(model_name))
+    with mlflow.start_run() as run:
+        mlflow.log_params({f"config.{k}": v for k, v in config.model_dump().items()})
+        mlflow.log_params({"task": task, "train_rows": len(splits.train), "labels": ",".join(splits.labels)})
+        result = fit(splits, config, storage_path=storage_path, resume_from=resume_from)
+        predictor = result.predictor
+        mlflow.log_metrics({f"final_{k}": v for k, v in result.metrics.items()})
+        mlflow.log_metrics({f"seconds_{k}": v for k, v in result.seconds.items()})
+        predictor.positive = splits.positive
+        combined: dict[str, Any] = {}
+        if splits.positive is not None:
+            y_valid = (splits.valid["label"].astype(str) == splits.positive).to_numpy().astype(int)
+            raw_valid = predictor.risk_raw(splits.valid["text"].astype(str).tolist())
+            predictor.calibrator = Calibrator.fit(raw_valid, y_valid, "auto")
+            mlflow.log_param("calibration", predictor.calibrator.method)
+            tabular = _tabular_risk(splits.valid) if task == "readmission" else None
+            if tabular is not None:
+                note_valid = predictor.calibrator(raw_valid)
+                combiner = RiskCombiner.fit(tabular[0], note_valid, y_valid, f"{tabular[1]}, valid split")
+                predictor.extra["combiner"] = combiner.to_dict()
+                combined = {"combiner": combiner.to_dict()}
+        scores, arrays = evaluate_text(predictor, splits, n_boot)
+        if "combiner" in predictor.extra:
+            tab_test = _tabular_risk(splits.test)
+            both = RiskCombiner(**predictor.extra["combiner"])(tab_test[0], arrays["risk"])
+            combined["test_auroc_combined"] = metrics.auroc(arrays["y"], both)
+            combined["test_auroc_tabular"] = metrics.auroc(arrays["y"], tab_test[0])
+            mlflow.log_metrics({k: v for k, v in combined.items() if isinstance(v, float)})
+        mlflow.log_metrics({k: v for k, v in scores.items() if isinstance(v, int | float) and v is not None})
+        with tempfile.TemporaryDirectory() as tmp:
+            saved = predictor.save(Path(tmp) / "predictor")
+            example = pd.DataFrame({"text": splits.test["text"].astype(str).head(3).tolist()})
+            signature = mlflow.models.infer_signature(example, NotePyfunc.score(predictor, example))
+            mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT,
+                python_model=NotePyfunc(),
+                artifacts={"predictor": str(saved)},
+                signature=signature,
+            )
+        out = {
+            "task": task,
+            **scores,
+            **combined,
+            "train_rows": len(splits.train),
+            "final": result.metrics,
+            "seconds": result.seconds,
+            "run_id": run.info.run_id,
+            "checkpoint": result.checkpoint_path,
+        }
+        if register:
+            info = registry.register(run.info.run_id, MODEL_ARTIFACT, model_name, tags={"task": task})
+            out["registered"] = {"name": info.name, "version": info.version, "aliases": info.aliases}
+    log.info("note model %s: %s", task, {k: v for k, v in scores.items() if "ci" not in k})
+    return out

@@ -325,6 +325,22 @@ def version_for(name: str, alias: str) -> str:
     return aliases[alias]
 
 
+def resolve(name: str, ref: str | int) -> str:
+    """The version a reference names: a version number as is (checked), an alias looked up."""
+    text = str(ref).strip()
+    if text.isdigit():
+        return str(_version(_client(), name, text).version)
+    return version_for(name, text)
+
+
+def load_version(name: str, version: str | int) -> Any:
+    """The pyfunc model of one fixed version (serving pins versions, not moving aliases)."""
+    import mlflow
+
+    checked = _version(_client(), name, version).version
+    return mlflow.pyfunc.load_model(f"models:/{name}/{checked}")
+
+
 def list_models() -> list[VersionInfo]:
     """Every version of every registered model, models by name, versions newest first."""
     client = _client()

@@ -84,3 +84,67 @@ def synthetic_features(synthetic_raw: Path, tmp_path_factory: pytest.TempPathFac
     out = tmp_path_factory.mktemp("features") / "features"
     build_features(str(synthetic_raw), str(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide BERT with random weights and the bundled MiniLM tokenizer: a real
+    Hugging Face model folder that trains in seconds."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from ml.text import DEFAULT_MODEL, load_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = load_tokenizer(DEFAULT_MODEL)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+    )
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def registered_models(
+    ray_cluster: object, synthetic_features: Path, tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict:
+    """A data dir whose MLflow registry holds a tabular and a (tiny) note model, each with a
+    champion (v1) and a challenger (v2, another configuration). Tests point
+    MEDISCALE_DATA_DIR at `home` themselves."""
+    from ml.experiment import train_tabular, train_text
+    from ml.tabular import TabularConfig
+    from ml.text import TextConfig
+
+    home = tmp_path_factory.mktemp("model-home")
+    runs = str(tmp_path_factory.mktemp("model-runs"))
+    tabular = TabularConfig(max_rounds=60, early_stopping_rounds=15, report_every=30, learning_rate=0.1)
+    note = TextConfig(
+        model=str(tiny_bert), max_length=128, head_tokens=32, batch_size=16, max_steps=6, learning_rate=1e-3
+    )
+    out: dict = {"home": home}
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MEDISCALE_DATA_DIR", str(home))
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        features = str(synthetic_features)
+        out["tabular"] = train_tabular(features, tabular, register=True, n_boot=50, storage_path=runs)
+        out["note"] = train_text(
+            "readmission", note, features=features, register=True, n_boot=50, sample=400, storage_path=runs
+        )
+        out["tabular_v2"] = train_tabular(
+            features, tabular.model_copy(update={"max_depth": 3}), register=True, n_boot=50, storage_path=runs
+        )
+        out["note_v2"] = train_text(
+            "readmission",
+            note.model_copy(update={"max_steps": 8}),
+            features=features,
+            register=True,
+            n_boot=50,
+            sample=400,
+            storage_path=runs,
+        )
+    return out
