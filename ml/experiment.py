@@ -40,6 +40,13 @@ class TabularPyfunc(mlflow.pyfunc.PythonModel):
         )
 
 
+def default_storage_path() -> str:
+    """Ray Train run folder: under the data dir, which a multi-node cluster must share (NFS/PVC)."""
+    from data.config import Settings
+
+    return str((Settings.from_env().data_dir / "ray_results").resolve())
+
+
 def load_predictor(name: str = TABULAR_MODEL, alias: str = registry.CHAMPION) -> TabularPredictor:
     """The registered predictor behind an alias (with explanations), not just its pyfunc."""
     return registry.load(name, alias).unwrap_python_model().predictor
@@ -60,7 +67,7 @@ def train_tabular(
     with mlflow.start_run() as run:
         mlflow.log_params({f"config.{k}": v for k, v in config.model_dump().items()})
         mlflow.log_param("features", features)
-        result = train(features, config, storage_path=storage_path)
+        result = train(features, config, storage_path=storage_path or default_storage_path())
         predictor, manifest = result.predictor, result.manifest
         mlflow.log_params(
             {"calibration": predictor.calibrator.method, "best_iteration": result.best_iteration}
@@ -223,6 +230,7 @@ def train_text(
     with mlflow.start_run() as run:
         mlflow.log_params({f"config.{k}": v for k, v in config.model_dump().items()})
         mlflow.log_params({"task": task, "train_rows": len(splits.train), "labels": ",".join(splits.labels)})
+        storage_path = storage_path or default_storage_path()
         result = fit(splits, config, storage_path=storage_path, resume_from=resume_from)
         predictor = result.predictor
         mlflow.log_metrics({f"final_{k}": v for k, v in result.metrics.items()})

@@ -406,7 +406,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
 
+    # The run's own latest checkpoint (after a worker failure) wins over the one to resume from.
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and config.get("resume_from"):
+        checkpoint = Checkpoint(config["resume_from"])
     state: dict[str, Any] = {}
     if checkpoint:
         with checkpoint.as_directory() as directory:
@@ -592,10 +595,10 @@ def fit(
 ) -> TextTrainResult:
     """Fine-tune on `splits.train` with TorchTrainer; returns the final model as a predictor.
 
-    `resume_from` is a checkpoint folder of an earlier run with the same labels: training
-    continues from its step (optimizer and schedule included).
+    `resume_from` is a checkpoint (folder or URI the workers can read) of an earlier run with the
+    same labels: training continues from its step (optimizer and schedule included).
     """
-    from ray.train import Checkpoint, CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     config = config or TextConfig()
@@ -614,6 +617,7 @@ def fit(
         "class_weights": class_weights(splits.train, splits.labels)
         if config.class_weight == "balanced"
         else None,
+        "resume_from": resume_from,
     }
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -629,7 +633,6 @@ def fit(
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
         datasets=datasets,
-        resume_from_checkpoint=Checkpoint.from_directory(resume_from) if resume_from else None,
     )
     t1 = time.perf_counter()
     result = trainer.fit()

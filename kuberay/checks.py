@@ -1,0 +1,1084 @@
+"""Offline checks of the deployment files: KubeRay manifests, launcher config, Dockerfile.
+
+No cluster is needed: each check reads the files and returns a list of problems (empty = fine),
+so tests stay one line each and a broken copy names every problem at once. Ray's own validators
+are used where Ray has them (ServeDeploySchema, the cluster launcher's JSON schema); the KubeRay
+field lists mirror the ray.io/v1 Go types, so a typo is caught here instead of being silently
+pruned by the API server.
+
+    python -m kuberay.checks        # from the repository root: every check, exit 1 on a problem
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import importlib
+import re
+import shlex
+import sys
+import types
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kuberay import render
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+KUBERAY_DIR = REPO_ROOT / "kuberay"
+LAUNCHER_CONFIG = REPO_ROOT / "raycluster.yaml"
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+DOCKERIGNORE = REPO_ROOT / ".dockerignore"
+
+CONFIGMAP_NAME = "mediscale-config"
+SECRET_NAME = "mediscale-secrets"
+PVC_NAME = "mediscale-shared"
+# Every Ray pod mounts the shared volume here, and MEDISCALE_DATA_DIR points at it: Ray Train and
+# Tune persist checkpoints from the workers to the run folder, which all pods must see.
+SHARED_MOUNT = "/mnt/mediscale"
+CONFIGMAP_KEYS = {"MLFLOW_TRACKING_URI", "MEDISCALE_S3_ENDPOINT_URL", "MEDISCALE_DATA_DIR"}
+SECRET_KEYS = {
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MEDISCALE_STORE_URL",
+}
+PLACEHOLDER = re.compile(r"^<[a-z0-9-]+>$")
+# An image tag is the Ray version, or the Ray version and one of these variants.
+IMAGE_VARIANTS = ("", "-gpu")
+GPU_RESOURCE = "nvidia.com/gpu"
+SERVE_HEALTH_PATH = "-/healthz"
+# CLI commands the RayJobs call that are still being written: their check is pending, not failed.
+PENDING_COMMANDS = {("ml", "train-notes"), ("tune", "xgboost")}
+RUNTIME_ENV_INSTALLERS = ("pip", "uv", "conda")
+
+KIND_API_VERSIONS = {
+    "RayService": "ray.io/v1",
+    "RayCluster": "ray.io/v1",
+    "RayJob": "ray.io/v1",
+    "PodMonitor": "monitoring.coreos.com/v1",
+    "ConfigMap": "v1",
+    "Secret": "v1",
+    "PersistentVolumeClaim": "v1",
+}
+
+# ray.io/v1 fields (KubeRay ray-operator/apis/ray/v1, v1.4 onwards).
+RAYSERVICE_SPEC_KEYS = {
+    "rayClusterDeletionDelaySeconds",
+    "serviceUnhealthySecondThreshold",
+    "deploymentUnhealthySecondThreshold",
+    "serveService",
+    "gateway",
+    "httpRoute",
+    "upgradeStrategy",
+    "serveConfigV2",
+    "rayClusterConfig",
+    "excludeHeadPodFromServeSvc",
+}
+RAYSERVICE_DEPRECATED = {"serviceUnhealthySecondThreshold", "deploymentUnhealthySecondThreshold"}
+UPGRADE_STRATEGY_KEYS = {"type", "clusterUpgradeOptions"}
+UPGRADE_TYPES = {"NewCluster", "None", "NewClusterWithIncrementalUpgrade"}
+RAYJOB_SPEC_KEYS = {
+    "activeDeadlineSeconds",
+    "backoffLimit",
+    "rayClusterSpec",
+    "submitterPodTemplate",
+    "metadata",
+    "clusterSelector",
+    "submitterConfig",
+    "managedBy",
+    "deletionPolicy",
+    "deletionStrategy",
+    "entrypoint",
+    "runtimeEnvYAML",
+    "jobId",
+    "submissionMode",
+    "entrypointResources",
+    "entrypointNumCpus",
+    "entrypointNumGpus",
+    "ttlSecondsAfterFinished",
+    "shutdownAfterJobFinishes",
+    "suspend",
+}
+CLUSTER_SPEC_KEYS = {
+    "suspend",
+    "managedBy",
+    "autoscalerOptions",
+    "headServiceAnnotations",
+    "enableInTreeAutoscaling",
+    "gcsFaultToleranceOptions",
+    "headGroupSpec",
+    "rayVersion",
+    "workerGroupSpecs",
+    "authOptions",
+}
+AUTOSCALER_KEYS = {
+    "resources",
+    "image",
+    "imagePullPolicy",
+    "securityContext",
+    "idleTimeoutSeconds",
+    "upscalingMode",
+    "env",
+    "envFrom",
+    "volumeMounts",
+    "version",
+}
+HEAD_GROUP_KEYS = {"template", "headService", "enableIngress", "rayStartParams", "serviceType"}
+WORKER_GROUP_KEYS = {
+    "suspend",
+    "groupName",
+    "replicas",
+    "minReplicas",
+    "maxReplicas",
+    "idleTimeoutSeconds",
+    "rayStartParams",
+    "template",
+    "scaleStrategy",
+    "numOfHosts",
+}
+# core/v1 PodSpec and Container fields.
+POD_SPEC_KEYS = {
+    "activeDeadlineSeconds",
+    "affinity",
+    "automountServiceAccountToken",
+    "containers",
+    "dnsConfig",
+    "dnsPolicy",
+    "enableServiceLinks",
+    "ephemeralContainers",
+    "hostAliases",
+    "hostIPC",
+    "hostNetwork",
+    "hostPID",
+    "hostUsers",
+    "hostname",
+    "imagePullSecrets",
+    "initContainers",
+    "nodeName",
+    "nodeSelector",
+    "os",
+    "overhead",
+    "preemptionPolicy",
+    "priority",
+    "priorityClassName",
+    "readinessGates",
+    "resourceClaims",
+    "resources",
+    "restartPolicy",
+    "runtimeClassName",
+    "schedulerName",
+    "schedulingGates",
+    "securityContext",
+    "serviceAccount",
+    "serviceAccountName",
+    "setHostnameAsFQDN",
+    "shareProcessNamespace",
+    "subdomain",
+    "terminationGracePeriodSeconds",
+    "tolerations",
+    "topologySpreadConstraints",
+    "volumes",
+}
+CONTAINER_KEYS = {
+    "args",
+    "command",
+    "env",
+    "envFrom",
+    "image",
+    "imagePullPolicy",
+    "lifecycle",
+    "livenessProbe",
+    "name",
+    "ports",
+    "readinessProbe",
+    "resizePolicy",
+    "resources",
+    "restartPolicy",
+    "securityContext",
+    "startupProbe",
+    "stdin",
+    "stdinOnce",
+    "terminationMessagePath",
+    "terminationMessagePolicy",
+    "tty",
+    "volumeDevices",
+    "volumeMounts",
+    "workingDir",
+}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One YAML document of a manifest file."""
+
+    path: Path
+    index: int
+    doc: Any
+
+    @property
+    def where(self) -> str:
+        doc = self.doc if isinstance(self.doc, dict) else {}
+        name = (doc.get("metadata") or {}).get("name", "?")
+        return f"{self.path.name}#{self.index} {doc.get('kind', '?')}/{name}"
+
+
+def installed_ray_version() -> str:
+    import ray
+
+    return ray.__version__
+
+
+# ---------------------------------------------------------------- loading
+
+
+def manifest_paths(kuberay_dir: Path = KUBERAY_DIR) -> list[Path]:
+    return sorted([*kuberay_dir.glob("*.yaml"), *kuberay_dir.glob("*.yml")])
+
+
+def load_manifests(paths: list[Path] | None = None) -> list[Manifest]:
+    """Every document of every file (multi-document files allowed; empty documents skipped)."""
+    out = []
+    for path in manifest_paths() if paths is None else paths:
+        for index, doc in enumerate(yaml.safe_load_all(Path(path).read_text())):
+            if doc is not None:
+                out.append(Manifest(Path(path), index, doc))
+    return out
+
+
+def _get(obj: Any, *keys: str | int) -> Any:
+    for key in keys:
+        if isinstance(obj, dict):
+            obj = obj.get(key)
+        elif isinstance(obj, list) and isinstance(key, int) and -len(obj) <= key < len(obj):
+            obj = obj[key]
+        else:
+            return None
+    return obj
+
+
+def _unknown(keys: Any, allowed: set[str], where: str) -> list[str]:
+    if not isinstance(keys, dict):
+        return [f"{where}: expected a mapping, got {type(keys).__name__}"]
+    problems = []
+    for key in keys:
+        if key not in allowed:
+            hint = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+            problems.append(
+                f"{where}.{key}: unknown field" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            )
+    return problems
+
+
+# ---------------------------------------------------------------- images
+
+
+def image_tag(image: str) -> str | None:
+    """The tag of an image reference (None when it has none: `latest` in practice)."""
+    name = image.split("@", 1)[0].rsplit("/", 1)[-1]
+    return name.split(":", 1)[1] if ":" in name else None
+
+
+def check_image(image: Any, ray_version: str, where: str, *, gpu: bool | None = None) -> list[str]:
+    """The tag must be `<ray_version>` or `<ray_version>-gpu` (and `-gpu` exactly when gpu)."""
+    if not isinstance(image, str) or not image:
+        return [f"{where}: image missing"]
+    tag = image_tag(image)
+    allowed = [ray_version + variant for variant in IMAGE_VARIANTS]
+    if tag not in allowed:
+        return [f"{where}: image {image!r} has tag {tag!r}; expected one of {allowed} (the rayVersion)"]
+    if gpu is not None and tag.endswith("-gpu") != gpu:
+        kind = "GPU" if gpu else "CPU"
+        return [
+            f"{where}: {kind} group uses image {image!r}; expected tag {ray_version}{'-gpu' if gpu else ''}"
+        ]
+    return []
+
+
+def iter_images(obj: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """Every `image`-like value anywhere in a document (containers, autoscaler, launcher docker)."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key in ("image", "head_image", "worker_image"):
+                yield where, value
+            else:
+                yield from iter_images(value, where)
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj):
+            yield from iter_images(value, f"{path}[{i}]")
+
+
+def check_all_images(doc: Any, ray_version: str, where: str) -> list[str]:
+    return [p for loc, image in iter_images(doc) for p in check_image(image, ray_version, f"{where} {loc}")]
+
+
+# ---------------------------------------------------------------- Ray cluster specs
+
+
+def cluster_spec(manifest: Manifest) -> dict | None:
+    doc = manifest.doc
+    kind = doc.get("kind")
+    if kind == "RayCluster":
+        return _get(doc, "spec")
+    if kind == "RayService":
+        return _get(doc, "spec", "rayClusterConfig")
+    if kind == "RayJob":
+        return _get(doc, "spec", "rayClusterSpec")
+    return None
+
+
+def quantity(value: Any) -> float:
+    """A Kubernetes CPU/GPU quantity as a number ("500m" = 0.5)."""
+    text = str(value).strip()
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+@dataclass(frozen=True)
+class GroupCapacity:
+    name: str
+    cpus: float
+    gpus: float
+    max_replicas: int
+
+
+def ray_container(group: dict) -> dict:
+    """KubeRay's convention: the Ray container is the first one of the pod template."""
+    return _get(group, "template", "spec", "containers", 0) or {}
+
+
+def group_capacity(name: str, group: dict) -> GroupCapacity:
+    """Ray resources of one pod of a group, as KubeRay derives them (rayStartParams first)."""
+    params = group.get("rayStartParams") or {}
+    resources = ray_container(group).get("resources") or {}
+    limits = resources.get("limits") or {}
+    requests = resources.get("requests") or {}
+    cpu = params.get("num-cpus", limits.get("cpu", requests.get("cpu", 0)))
+    gpu = params.get("num-gpus", limits.get(GPU_RESOURCE, 0))
+    return GroupCapacity(name, quantity(cpu), quantity(gpu), int(group.get("maxReplicas") or 0))
+
+
+def _check_pod_template(
+    group: dict, where: str, ray_version: str, *, head: bool, rayservice: bool
+) -> list[str]:
+    problems = []
+    spec = _get(group, "template", "spec")
+    if not isinstance(spec, dict):
+        return [f"{where}.template.spec: missing"]
+    problems += _unknown(spec, POD_SPEC_KEYS, f"{where}.template.spec")
+    if spec.get("restartPolicy", "Never") != "Never":
+        problems.append(f"{where}.template.spec.restartPolicy: autoscaler v2 needs Never (or unset)")
+    containers = spec.get("containers")
+    if not isinstance(containers, list) or not containers:
+        return [*problems, f"{where}.template.spec.containers: missing"]
+    for i, container in enumerate(containers):
+        problems += _unknown(container, CONTAINER_KEYS, f"{where}.containers[{i}]")
+    container = containers[0]
+    cwhere = f"{where}.containers[0]({container.get('name', '?')})"
+    resources = container.get("resources") or {}
+    for section in ("requests", "limits"):
+        for resource in ("cpu", "memory"):
+            if resource not in (resources.get(section) or {}):
+                problems.append(f"{cwhere}.resources.{section}.{resource}: missing")
+    gpus = (resources.get("limits") or {}).get(GPU_RESOURCE)
+    image = container.get("image")
+    if not image:
+        problems.append(f"{cwhere}.image: missing")
+    elif not check_image(image, ray_version, ""):  # a wrong tag is reported by check_all_images
+        problems += check_image(image, ray_version, f"{cwhere}.image", gpu=bool(gpus))  # the variant
+    ports = {p.get("name"): p.get("containerPort") for p in container.get("ports") or []}
+    if ports.get("metrics") != 8080:
+        problems.append(f"{cwhere}.ports: no port `metrics` 8080 (the PodMonitor scrapes it)")
+    env_from = container.get("envFrom") or []
+    refs = {(k, (v or {}).get("name")) for item in env_from for k, v in item.items()}
+    for ref in (("configMapRef", CONFIGMAP_NAME), ("secretRef", SECRET_NAME)):
+        if ref not in refs:
+            problems.append(f"{cwhere}.envFrom: missing {ref[0]} {ref[1]}")
+    claims = {v.get("name"): _get(v, "persistentVolumeClaim", "claimName") for v in spec.get("volumes") or []}
+    mounts = {m.get("mountPath"): m.get("name") for m in container.get("volumeMounts") or []}
+    if claims.get(mounts.get(SHARED_MOUNT)) != PVC_NAME:
+        problems.append(f"{cwhere}: PVC {PVC_NAME} not mounted at {SHARED_MOUNT} (= MEDISCALE_DATA_DIR)")
+    params = group.get("rayStartParams") or {}
+    if gpus:
+        if str(params.get("num-gpus")) != str(gpus):
+            problems.append(f"{where}.rayStartParams.num-gpus: {params.get('num-gpus')!r}, limit is {gpus}")
+        tolerations = spec.get("tolerations") or []
+        if not any(t.get("key") == GPU_RESOURCE for t in tolerations):
+            problems.append(f"{where}: GPU group without a toleration for the {GPU_RESOURCE} taint")
+    elif "num-gpus" in params and str(params["num-gpus"]) != "0":
+        problems.append(f"{where}.rayStartParams.num-gpus: set on a group without {GPU_RESOURCE} limits")
+    probe = container.get("readinessProbe")
+    if rayservice and not head and probe and SERVE_HEALTH_PATH not in str(probe):
+        problems.append(
+            f"{cwhere}.readinessProbe: a custom probe replaces KubeRay's and must check the Serve "
+            f"proxy ({SERVE_HEALTH_PATH}), or unhealthy workers keep receiving traffic"
+        )
+    return problems
+
+
+def check_cluster_spec(spec: Any, where: str, ray_version: str, *, rayservice: bool = False) -> list[str]:
+    """rayVersion, autoscaling, head num-cpus "0", groups, containers, images, GPU wiring."""
+    if not isinstance(spec, dict):
+        return [f"{where}: Ray cluster spec missing"]
+    problems = _unknown(spec, CLUSTER_SPEC_KEYS, where)
+    version = spec.get("rayVersion")
+    if not isinstance(version, str):
+        problems.append(f"{where}.rayVersion: {version!r} must be a quoted string")
+    elif version != ray_version:
+        problems.append(f"{where}.rayVersion: {version!r} but the installed Ray is {ray_version!r}")
+    if spec.get("enableInTreeAutoscaling") is not True:
+        problems.append(f"{where}.enableInTreeAutoscaling: must be true")
+    if "autoscalerOptions" in spec:
+        problems += _unknown(spec["autoscalerOptions"], AUTOSCALER_KEYS, f"{where}.autoscalerOptions")
+    head = spec.get("headGroupSpec")
+    if not isinstance(head, dict):
+        return [*problems, f"{where}.headGroupSpec: missing"]
+    problems += _unknown(head, HEAD_GROUP_KEYS, f"{where}.headGroupSpec")
+    groups: list[tuple[str, dict, bool]] = [(f"{where}.headGroupSpec", head, True)]
+    workers = spec.get("workerGroupSpecs")
+    if not isinstance(workers, list) or not workers:
+        problems.append(f"{where}.workerGroupSpecs: missing (the head runs no tasks)")
+        workers = []
+    names = [w.get("groupName") for w in workers if isinstance(w, dict)]
+    if len(set(names)) != len(names):
+        problems.append(f"{where}.workerGroupSpecs: duplicate groupName in {names}")
+    for i, group in enumerate(workers):
+        gwhere = f"{where}.workerGroupSpecs[{i}]({group.get('groupName', '?')})"
+        problems += _unknown(group, WORKER_GROUP_KEYS, gwhere)
+        if not group.get("groupName"):
+            problems.append(f"{gwhere}.groupName: missing")
+        counts = {
+            k: group.get(k, 0 if k == "replicas" else None)
+            for k in ("replicas", "minReplicas", "maxReplicas")
+        }
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts.values()):
+            problems.append(f"{gwhere}: replicas/minReplicas/maxReplicas must be integers, got {counts}")
+        elif not counts["minReplicas"] <= counts["replicas"] <= counts["maxReplicas"]:
+            problems.append(f"{gwhere}: need minReplicas <= replicas <= maxReplicas, got {counts}")
+        groups.append((gwhere, group, False))
+    for gwhere, group, is_head in groups:
+        params = group.get("rayStartParams")
+        if not isinstance(params, dict):
+            problems.append(f"{gwhere}.rayStartParams: missing (may be empty, not absent)")
+            params = {}
+        for key, value in params.items():
+            if not isinstance(value, str):
+                problems.append(f"{gwhere}.rayStartParams.{key}: {value!r} must be a string (quote it)")
+        problems += _check_pod_template(group, gwhere, ray_version, head=is_head, rayservice=rayservice)
+    head_params = head.get("rayStartParams") or {}
+    if head_params.get("num-cpus") != "0":
+        problems.append(
+            f'{where}.headGroupSpec.rayStartParams.num-cpus: {head_params.get("num-cpus")!r}, want "0"'
+        )
+    if head_params.get("dashboard-host") != "0.0.0.0":
+        problems.append(f"{where}.headGroupSpec.rayStartParams.dashboard-host: want 0.0.0.0")
+    return problems
+
+
+# ---------------------------------------------------------------- runtime envs (no pip installs)
+
+
+def check_no_installs(manifest: Manifest) -> list[str]:
+    """The image carries the project: no runtime_env pip/uv/conda, no `pip install` entrypoints."""
+    problems = []
+    doc, where = manifest.doc, manifest.where
+    runtime_env_yaml = _get(doc, "spec", "runtimeEnvYAML")
+    if runtime_env_yaml:
+        env = yaml.safe_load(runtime_env_yaml) or {}
+        problems += [
+            f"{where}.spec.runtimeEnvYAML: installs with {k!r}" for k in RUNTIME_ENV_INSTALLERS if k in env
+        ]
+    entrypoint = _get(doc, "spec", "entrypoint") or ""
+    if re.search(r"\b(pip|uv|conda)\b.*\binstall\b", entrypoint):
+        problems.append(f"{where}.spec.entrypoint: installs packages at run time")
+    serve_yaml = _get(doc, "spec", "serveConfigV2")
+    if isinstance(serve_yaml, str):
+        config = yaml.safe_load(serve_yaml) or {}
+        for app in config.get("applications") or []:
+            envs = [app.get("runtime_env") or {}]
+            envs += [_get(d, "ray_actor_options", "runtime_env") or {} for d in app.get("deployments") or []]
+            for env in envs:
+                problems += [
+                    f"{where} serveConfigV2 app {app.get('name')!r}: runtime_env installs with {k!r}"
+                    for k in RUNTIME_ENV_INSTALLERS
+                    if k in env
+                ]
+    return problems
+
+
+# ---------------------------------------------------------------- Serve config
+
+
+def _models_in(annotation: Any) -> list[type]:
+    """Pydantic models an annotation accepts directly (through Optional/Union/Annotated)."""
+    from pydantic import BaseModel
+
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _models_in(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return []
+
+
+def _list_items(annotation: Any) -> Any:
+    """The item annotation of a list annotation (through Optional/Union), else None."""
+    origin = typing.get_origin(annotation)
+    if origin in (list, typing.List):  # noqa: UP006 - typing.List is what Ray's models use
+        return typing.get_args(annotation)[0] if typing.get_args(annotation) else None
+    if origin in (typing.Union, types.UnionType, typing.Annotated):
+        for arg in typing.get_args(annotation):
+            item = _list_items(arg)
+            if item is not None:
+                return item
+    return None
+
+
+def _accepts_plain_dict(annotation: Any) -> bool:
+    """Whether a Union annotation also takes a bare dict (then pydantic does not check the model)."""
+    args = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        else ()
+    )
+    return any(a is dict or typing.get_origin(a) is dict for a in args)
+
+
+def _pydantic_errors(err: Any, path: str) -> list[str]:
+    prefix = f"{path}." if path else ""
+    return [f"{prefix}{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()]
+
+
+def strict_serve_problems(value: Any, model: type, path: str = "") -> list[str]:
+    """What Ray Serve's schema lets through unchecked, at any depth.
+
+    - Unknown keys: ServeDeploySchema (and DeploymentSchema, HTTPOptionsSchema,
+      AutoscalingConfig, ...) ignore them for forward compatibility, so a typo such as
+      `max_ongoing_request` would deploy silently with the default. The models' own field lists
+      say what is known.
+    - Fields typed `Union[Dict, Model]` (autoscaling_config, request_router_config, ...) accept
+      any dict at validation; Serve builds the model only at deploy time. They are validated
+      against the model here.
+    """
+    from pydantic import ValidationError
+
+    if not isinstance(value, dict):
+        return []
+    fields = model.model_fields
+    by_key = dict(fields) | {f.alias: f for f in fields.values() if f.alias}
+    problems = []
+    for key, sub in value.items():
+        where = f"{path}.{key}" if path else str(key)
+        field = by_key.get(key)
+        if field is None:
+            hint = difflib.get_close_matches(str(key), sorted(by_key), n=1)
+            problems.append(
+                f"{where}: unknown {model.__name__} field" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            )
+            continue
+        if isinstance(sub, dict):
+            for sub_model in _models_in(field.annotation)[:1]:
+                problems += strict_serve_problems(sub, sub_model, where)
+                if _accepts_plain_dict(field.annotation):
+                    try:
+                        sub_model.model_validate(sub)
+                    except ValidationError as err:
+                        problems += _pydantic_errors(err, where)
+        elif isinstance(sub, list):
+            item_models = _models_in(_list_items(field.annotation))
+            for i, item in enumerate(sub):
+                label = f"[{i}]" + (f"({item['name']})" if isinstance(item, dict) and "name" in item else "")
+                for item_model in item_models[:1]:
+                    problems += strict_serve_problems(item, item_model, where + label)
+    return problems
+
+
+def validate_serve_config(config: Any) -> list[str]:
+    """Ray's ServeDeploySchema (types, values), plus what it leaves to deploy time: unknown keys,
+    dict-typed sub-configs and the route_prefix format."""
+    from pydantic import ValidationError
+    from ray.serve.schema import ServeDeploySchema, _route_prefix_format
+
+    problems = []
+    try:
+        ServeDeploySchema.model_validate(config)
+    except ValidationError as err:
+        problems += _pydantic_errors(err, "")
+    problems += strict_serve_problems(config, ServeDeploySchema)
+    for i, app in enumerate(config.get("applications") or [] if isinstance(config, dict) else []):
+        try:
+            _route_prefix_format(None, app.get("route_prefix"))
+        except ValueError as err:
+            problems.append(f"applications.{i}.route_prefix: {err}")
+    return problems
+
+
+def serve_deployments(config: dict) -> Iterator[tuple[str, dict]]:
+    for app in config.get("applications") or []:
+        for deployment in app.get("deployments") or []:
+            yield app.get("name", "?"), deployment
+
+
+def check_serve_capacity(config: dict, spec: dict, where: str) -> list[str]:
+    """Every replica fits on some worker pod, and all replicas at max_replicas fit the groups."""
+    workers = [group_capacity(g.get("groupName", "?"), g) for g in spec.get("workerGroupSpecs") or []]
+    problems = []
+    need_cpu = need_gpu = 0.0
+    for app, deployment in serve_deployments(config):
+        options = deployment.get("ray_actor_options") or {}
+        cpu, gpu = float(options.get("num_cpus", 1)), float(options.get("num_gpus", 0))
+        if not any(w.cpus >= cpu and w.gpus >= gpu and w.max_replicas > 0 for w in workers):
+            problems.append(
+                f"{where}: {app}/{deployment.get('name')} needs {cpu} CPU + {gpu} GPU per replica; "
+                f"no worker group has a pod that big ({workers})"
+            )
+        replicas = deployment.get("num_replicas")
+        if "autoscaling_config" in deployment:
+            replicas = (deployment.get("autoscaling_config") or {}).get("max_replicas", 1)
+        replicas = replicas if isinstance(replicas, int) else 1
+        need_cpu += cpu * replicas
+        need_gpu += gpu * replicas
+    have_cpu = sum(w.cpus * w.max_replicas for w in workers)
+    have_gpu = sum(w.gpus * w.max_replicas for w in workers)
+    if need_cpu > have_cpu or need_gpu > have_gpu:
+        problems.append(
+            f"{where}: at max_replicas Serve needs {need_cpu} CPU / {need_gpu} GPU, the worker groups "
+            f"reach {have_cpu} CPU / {have_gpu} GPU"
+        )
+    return problems
+
+
+def check_rayservice(
+    manifest: Manifest, ray_version: str, serve_config: Path = render.SERVE_CONFIG
+) -> list[str]:
+    doc, where = manifest.doc, manifest.where
+    spec = doc.get("spec") or {}
+    problems = _unknown(spec, RAYSERVICE_SPEC_KEYS, f"{where}.spec")
+    for key in sorted(RAYSERVICE_DEPRECATED & set(spec)):
+        problems.append(f"{where}.spec.{key}: deprecated and ignored by KubeRay (issue 1685); remove it")
+    strategy = spec.get("upgradeStrategy")
+    if strategy is not None:
+        problems += _unknown(strategy, UPGRADE_STRATEGY_KEYS, f"{where}.spec.upgradeStrategy")
+        if strategy.get("type") not in UPGRADE_TYPES:
+            problems.append(
+                f"{where}.spec.upgradeStrategy.type: {strategy.get('type')!r} not in {UPGRADE_TYPES}"
+            )
+    cluster = spec.get("rayClusterConfig")
+    problems += check_cluster_spec(cluster, f"{where}.spec.rayClusterConfig", ray_version, rayservice=True)
+    text = spec.get("serveConfigV2")
+    if not isinstance(text, str):
+        return [*problems, f"{where}.spec.serveConfigV2: must be a YAML string (`serveConfigV2: |`)"]
+    config = yaml.safe_load(text)
+    problems += [f"{where} serveConfigV2 {p}" for p in validate_serve_config(config)]
+    source = render.load_serve_config(serve_config)
+    variants = [render.k8s_serve_config(source, gpu_note_scorer=gpu) for gpu in (False, True)]
+    if config not in variants:
+        problems.append(
+            f"{where}.spec.serveConfigV2 differs from {serve_config.name} (+ Kubernetes overrides): "
+            "run `python kuberay/render.py`"
+        )
+    if _get(config, "http_options", "host") != render.K8S_HTTP_HOST:
+        problems.append(
+            f"{where} serveConfigV2.http_options.host: must be {render.K8S_HTTP_HOST} on Kubernetes"
+        )
+    if isinstance(cluster, dict) and isinstance(config, dict):
+        problems += check_serve_capacity(config, cluster, where)
+    return problems
+
+
+def serve_app_file(root: Path = REPO_ROOT) -> Path:
+    return root / "serve" / "app.py"
+
+
+def app_deployment_names(app_config: dict) -> set[str]:
+    """Deployment names of the application `import_path` builds, the way `serve deploy` builds it."""
+    from ray._common.utils import import_attr
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray.serve._private.build_app import build_app
+
+    target = import_attr(app_config["import_path"])
+    app = call_user_app_builder_with_args_if_necessary(target, app_config.get("args") or {})
+    built = build_app(app, name=app_config.get("name", "default"))
+    return {deployment.name for deployment in built.deployments}
+
+
+def check_app_deployments(config: dict) -> list[str]:
+    """Every deployment the config names exists in its built application."""
+    problems = []
+    for app in config.get("applications") or []:
+        names = app_deployment_names(app)
+        for deployment in app.get("deployments") or []:
+            if deployment.get("name") not in names:
+                problems.append(
+                    f"app {app.get('name')!r}: config deployment {deployment.get('name')!r} is not in "
+                    f"{app['import_path']} (it has {sorted(names)})"
+                )
+    return problems
+
+
+# ---------------------------------------------------------------- RayJobs
+
+
+@dataclass(frozen=True)
+class EntrypointCheck:
+    status: str  # "ok", "pending" (command not written yet) or "error"
+    message: str = ""
+
+
+def check_entrypoint(entrypoint: str) -> EntrypointCheck:
+    """Parse `python -m MODULE COMMAND ARGS` with the project's own Typer CLI (nothing runs)."""
+    import typer
+
+    argv = shlex.split(entrypoint)
+    if len(argv) < 3 or argv[:2] != ["python", "-m"]:
+        return EntrypointCheck("error", f"{entrypoint!r}: expected `python -m MODULE ...`")
+    module, args = argv[2], argv[3:]
+    command = args[0] if args else ""
+    pending = (module, command) in PENDING_COMMANDS
+    try:
+        cli = importlib.import_module(f"{module}.cli")
+    except ModuleNotFoundError as err:
+        if err.name == f"{module}.cli" and pending:
+            return EntrypointCheck("pending", f"{module}/cli.py not written yet")
+        return EntrypointCheck("error", f"{entrypoint!r}: cannot import {module}.cli ({err})")
+    app = getattr(cli, "app", None)
+    if app is None:
+        return EntrypointCheck("error", f"{module}.cli has no Typer `app`")
+    group = typer.main.get_command(app)
+    prog = f"python -m {module}"
+    try:
+        if not hasattr(group, "commands"):  # a one-command Typer app takes no command name
+            group.make_context(prog, list(args))
+            return EntrypointCheck("ok")
+        if command not in group.commands:
+            if pending:
+                return EntrypointCheck("pending", f"`{prog} {command}` not written yet")
+            return EntrypointCheck(
+                "error", f"{entrypoint!r}: no command {command!r} in {sorted(group.commands)}"
+            )
+        ctx = group.make_context(prog, list(args))
+        rest = [
+            *(getattr(ctx, "protected_args", None) or getattr(ctx, "_protected_args", None) or []),
+            *ctx.args,
+        ]
+        name, sub, sub_args = group.resolve_command(ctx, rest)
+        sub.make_context(name, sub_args, parent=ctx)
+    except Exception as err:  # click's UsageError family (vendored by Typer): bad or missing options
+        return EntrypointCheck("error", f"{entrypoint!r}: {type(err).__name__}: {err}")
+    return EntrypointCheck("ok")
+
+
+def check_rayjob(manifest: Manifest, ray_version: str) -> list[str]:
+    doc, where = manifest.doc, manifest.where
+    spec = doc.get("spec") or {}
+    problems = _unknown(spec, RAYJOB_SPEC_KEYS, f"{where}.spec")
+    if not str(spec.get("entrypoint", "")).startswith("python -m "):
+        problems.append(f"{where}.spec.entrypoint: expected `python -m ...`, got {spec.get('entrypoint')!r}")
+    if spec.get("submissionMode") != "K8sJobMode":
+        problems.append(f"{where}.spec.submissionMode: want K8sJobMode")
+    if spec.get("shutdownAfterJobFinishes") is not True:
+        problems.append(f"{where}.spec.shutdownAfterJobFinishes: must be true (else the cluster stays up)")
+    ttl = spec.get("ttlSecondsAfterFinished")
+    if not isinstance(ttl, int) or ttl <= 0:
+        problems.append(f"{where}.spec.ttlSecondsAfterFinished: want a positive integer, got {ttl!r}")
+    problems += check_cluster_spec(spec.get("rayClusterSpec"), f"{where}.spec.rayClusterSpec", ray_version)
+    return problems
+
+
+# ---------------------------------------------------------------- ConfigMap, Secret, PodMonitor
+
+
+def check_configmap(manifest: Manifest) -> list[str]:
+    data = manifest.doc.get("data") or {}
+    problems = [f"{manifest.where}: missing key {k}" for k in sorted(CONFIGMAP_KEYS - set(data))]
+    if data.get("MEDISCALE_DATA_DIR") not in (None, SHARED_MOUNT):
+        problems.append(f"{manifest.where}: MEDISCALE_DATA_DIR must be the shared mount {SHARED_MOUNT}")
+    for key in data:
+        if re.search(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|USERNAME", key):
+            problems.append(f"{manifest.where}: {key} is a credential: it belongs in Secret {SECRET_NAME}")
+    return problems
+
+
+def check_secret_template(manifest: Manifest) -> list[str]:
+    """A template only: the expected keys, each a `<placeholder>`; never a real (or base64) value."""
+    doc, where = manifest.doc, manifest.where
+    problems = []
+    if doc.get("data"):
+        problems.append(f"{where}.data: base64 values in a template; use stringData placeholders")
+    values = doc.get("stringData") or {}
+    if set(values) != SECRET_KEYS:
+        problems.append(f"{where}.stringData: keys {sorted(values)}, want {sorted(SECRET_KEYS)}")
+    for key, value in values.items():
+        if not (isinstance(value, str) and PLACEHOLDER.match(value)):
+            problems.append(f"{where}.stringData.{key}: not a <placeholder>: templates never hold values")
+    return problems
+
+
+def check_pvc(manifest: Manifest) -> list[str]:
+    modes = _get(manifest.doc, "spec", "accessModes") or []
+    if "ReadWriteMany" not in modes:
+        return [f"{manifest.where}.spec.accessModes: {modes}; pods on several nodes need ReadWriteMany"]
+    return []
+
+
+def _container_ports(spec: dict, node_type: str) -> list[set[str]]:
+    heads = [spec.get("headGroupSpec") or {}]
+    groups = heads if node_type == "head" else spec.get("workerGroupSpecs") or []
+    return [{p.get("name") for p in ray_container(g).get("ports") or []} for g in groups]
+
+
+def check_podmonitors(manifests: list[Manifest]) -> list[str]:
+    """Each scraped port name is declared on the Ray container of every pod the monitor selects."""
+    problems = []
+    clusters = [(m.where, cluster_spec(m)) for m in manifests if cluster_spec(m) is not None]
+    for m in manifests:
+        if m.doc.get("kind") != "PodMonitor":
+            continue
+        spec = m.doc.get("spec") or {}
+        node_type = _get(spec, "selector", "matchLabels", "ray.io/node-type")
+        if node_type not in ("head", "worker"):
+            problems.append(f"{m.where}.spec.selector: must select on ray.io/node-type (head or worker)")
+            continue
+        endpoints = spec.get("podMetricsEndpoints") or []
+        if not endpoints:
+            problems.append(f"{m.where}.spec.podMetricsEndpoints: empty")
+        for endpoint in endpoints:
+            port = endpoint.get("port")
+            for where, cluster in clusters:
+                for i, declared in enumerate(_container_ports(cluster, node_type)):
+                    if port not in declared:
+                        problems.append(f"{m.where}: port {port!r} not declared on {where} {node_type}[{i}]")
+    return problems
+
+
+# ---------------------------------------------------------------- all manifests
+
+
+def check_manifest(
+    manifest: Manifest, ray_version: str, serve_config: Path = render.SERVE_CONFIG
+) -> list[str]:
+    doc, where = manifest.doc, manifest.where
+    if not isinstance(doc, dict):
+        return [f"{where}: not a mapping"]
+    problems = []
+    kind = doc.get("kind")
+    for key in ("apiVersion", "kind"):
+        if not doc.get(key):
+            problems.append(f"{where}: missing {key}")
+    if not _get(doc, "metadata", "name"):
+        problems.append(f"{where}: missing metadata.name")
+    if kind not in KIND_API_VERSIONS:
+        return [*problems, f"{where}: unexpected kind {kind!r} (known: {sorted(KIND_API_VERSIONS)})"]
+    if doc.get("apiVersion") != KIND_API_VERSIONS[kind]:
+        problems.append(f"{where}: apiVersion {doc.get('apiVersion')!r}, want {KIND_API_VERSIONS[kind]!r}")
+    problems += check_all_images(doc, ray_version, where)
+    problems += check_no_installs(manifest)
+    if kind == "RayService":
+        problems += check_rayservice(manifest, ray_version, serve_config)
+    elif kind == "RayJob":
+        problems += check_rayjob(manifest, ray_version)
+    elif kind == "RayCluster":
+        problems += check_cluster_spec(doc.get("spec"), f"{where}.spec", ray_version)
+    elif kind == "ConfigMap":
+        problems += check_configmap(manifest)
+    elif kind == "Secret":
+        problems += check_secret_template(manifest)
+    elif kind == "PersistentVolumeClaim":
+        problems += check_pvc(manifest)
+    return problems
+
+
+def check_manifests(manifests: list[Manifest], ray_version: str) -> list[str]:
+    problems = [p for m in manifests for p in check_manifest(m, ray_version)]
+    problems += check_podmonitors(manifests)
+    kinds = {m.doc.get("kind") for m in manifests if isinstance(m.doc, dict)}
+    problems += [f"kuberay/: no {k} manifest" for k in sorted(set(KIND_API_VERSIONS) - kinds)]
+    names = {
+        (m.doc.get("kind"), _get(m.doc, "metadata", "name")) for m in manifests if isinstance(m.doc, dict)
+    }
+    for ref in (("ConfigMap", CONFIGMAP_NAME), ("Secret", SECRET_NAME), ("PersistentVolumeClaim", PVC_NAME)):
+        if ref not in names:
+            problems.append(f"kuberay/: the pods refer to {ref[0]} {ref[1]}, which no manifest defines")
+    return problems
+
+
+# ---------------------------------------------------------------- cluster launcher (ray up)
+
+
+def check_launcher(config: Any, ray_version: str) -> list[str]:
+    """Ray's own launcher validation (defaults filled offline), then the project's conventions."""
+    import jsonschema
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    if not isinstance(config, dict):
+        return ["raycluster.yaml: not a mapping"]
+    try:
+        prepared = prepare_config(copy.deepcopy(config))
+        validate_config(prepared)
+    except jsonschema.ValidationError as err:
+        path = ".".join(map(str, err.absolute_path)) or "<top>"
+        return [f"raycluster.yaml {path}: {err.message}"]
+    except (ValueError, KeyError, TypeError, AssertionError, RuntimeError, NotImplementedError) as err:
+        return [f"raycluster.yaml: {type(err).__name__}: {err}"]
+    problems = []
+    node_types = config["available_node_types"]
+    head = node_types[config["head_node_type"]]
+    if head.get("resources", {}).get("CPU") != 0:
+        problems.append('raycluster.yaml: the head node type needs resources {"CPU": 0} (it runs no tasks)')
+    docker = config.get("docker") or {}
+    problems += check_image(docker.get("image"), ray_version, "raycluster.yaml docker.image", gpu=False)
+    for name, node_type in node_types.items():
+        gpu = node_type.get("resources", {}).get("GPU", 0) > 0
+        image = _get(node_type, "docker", "worker_image") or docker.get("worker_image") or docker.get("image")
+        if name != config["head_node_type"]:
+            problems += check_image(image, ray_version, f"raycluster.yaml node type {name}", gpu=gpu)
+    for where, image in iter_images(config):
+        problems += check_image(image, ray_version, f"raycluster.yaml {where}")
+    mounted = [remote for remote, local in (config.get("file_mounts") or {}).items() if local in (".", "./")]
+    if not mounted:
+        problems.append("raycluster.yaml file_mounts: the working tree ('.') is not synced to the nodes")
+    elif not any(mounted[0] in cmd and "pip install" in cmd for cmd in config.get("setup_commands") or []):
+        problems.append(f"raycluster.yaml setup_commands: nothing installs the project from {mounted[0]}")
+    return problems
+
+
+# ---------------------------------------------------------------- Dockerfile
+
+
+def check_dockerfile(text: str, ray_version: str) -> list[str]:
+    problems = []
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    from_index = next((i for i, line in enumerate(lines) if line.upper().startswith("FROM ")), None)
+    if from_index is None:
+        return ["Dockerfile: no FROM"]
+    args = {}
+    for line in lines[:from_index]:
+        match = re.match(r"ARG\s+(\w+)(?:=(.*))?$", line, re.IGNORECASE)
+        if match:
+            args[match[1]] = (match[2] or "").strip().strip('"')
+    if args.get("RAY_VERSION") != ray_version:
+        problems.append(
+            f"Dockerfile: ARG RAY_VERSION={args.get('RAY_VERSION')!r} before FROM, want {ray_version!r}"
+        )
+    base = lines[from_index].split()[1]
+    if not base.startswith("rayproject/ray:${RAY_VERSION}") and image_tag(base) != ray_version:
+        problems.append(f"Dockerfile: FROM {base}: the base tag must be ${{RAY_VERSION}}")
+    allowed = {"pyproject.toml", "README.md", "data", "ml", "tune", "serve"}
+    for line in lines:
+        if line.upper().startswith(("COPY ", "ADD ")):
+            parts = [p for p in line.split()[1:] if not p.startswith("--")]
+            for source in parts[:-1]:
+                if source.rstrip("/") not in allowed:
+                    problems.append(f"Dockerfile: copies {source!r} (only the project's packages belong)")
+    users = [line.split()[1] for line in lines if line.upper().startswith("USER ")]
+    if not users or users[-1].split(":")[0] in ("root", "0"):
+        problems.append("Dockerfile: must end as the non-root user `ray` (USER 1000:100)")
+    if "download.pytorch.org/whl/cpu" not in text or "--extra-index-url" not in text:
+        problems.append("Dockerfile: the CPU image must take torch from the PyTorch CPU index")
+    return problems
+
+
+def _ignore_regex(pattern: str) -> re.Pattern[str]:
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out + "$")
+
+
+def dockerignored(path: str, dockerignore: str) -> bool:
+    """Whether Docker leaves `path` out of the build context (last matching rule wins, and a
+    rule matching a parent folder applies to what is inside)."""
+    parts = path.strip("/").split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for raw in dockerignore.splitlines():
+        rule = raw.strip()
+        if not rule or rule.startswith("#"):
+            continue
+        negate = rule.startswith("!")
+        regex = _ignore_regex(rule.lstrip("!").strip("/"))
+        if any(regex.match(c) for c in candidates):
+            ignored = not negate
+    return ignored
+
+
+def check_dockerignore(text: str) -> list[str]:
+    must_ignore = [
+        ".venv/bin/python",
+        "artifacts/mlflow.db",
+        "tests/test_x.py",
+        ".git/config",
+        "ml/__pycache__/x.pyc",
+    ]
+    must_keep = [
+        "pyproject.toml",
+        "README.md",
+        "data/schema.py",
+        "ml/cli.py",
+        "tune/__init__.py",
+        "serve/app.py",
+    ]
+    problems = [
+        f".dockerignore: {p} would be sent to the build" for p in must_ignore if not dockerignored(p, text)
+    ]
+    problems += [
+        f".dockerignore: {p} is needed by the build but ignored" for p in must_keep if dockerignored(p, text)
+    ]
+    return problems
+
+
+# ---------------------------------------------------------------- everything
+
+
+def run_all(root: Path = REPO_ROOT) -> tuple[list[str], list[str]]:
+    """(problems, notes): every check over the repository's files; notes are pending checks."""
+    version = installed_ray_version()
+    manifests = load_manifests(manifest_paths(root / "kuberay"))
+    problems = check_manifests(manifests, version)
+    diff = render.drift(root / "kuberay" / "rayservice.yaml", root / "serve" / "config.yaml")
+    if diff:
+        problems.append("kuberay/rayservice.yaml: serveConfigV2 drifted: run `python kuberay/render.py`")
+    problems += check_launcher(yaml.safe_load((root / "raycluster.yaml").read_text()), version)
+    problems += check_dockerfile((root / "Dockerfile").read_text(), version)
+    problems += check_dockerignore((root / ".dockerignore").read_text())
+    notes = []
+    for m in manifests:
+        if m.doc.get("kind") == "RayJob":
+            result = check_entrypoint(m.doc["spec"]["entrypoint"])
+            if result.status == "error":
+                problems.append(f"{m.where}: {result.message}")
+            elif result.status == "pending":
+                notes.append(f"{m.where}: entrypoint check pending: {result.message}")
+    if serve_app_file(root).exists():
+        problems += check_app_deployments(render.load_serve_config(root / "serve" / "config.yaml"))
+    else:
+        notes.append("serve/app.py not written yet: deployment names checked against the config only")
+    return problems, notes
+
+
+def main() -> int:
+    problems, notes = run_all()
+    for note in notes:
+        sys.stdout.write(f"note: {note}\n")
+    for problem in problems:
+        sys.stdout.write(f"problem: {problem}\n")
+    sys.stdout.write(f"{len(problems)} problem(s)\n")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,469 @@
+"""Deployment files (kuberay/, raycluster.yaml, Dockerfile), checked offline: no cluster, no image.
+
+The logic lives in kuberay/checks.py and kuberay/render.py; each test feeds it the real files
+or a broken copy, so every check is shown to pass on the repository and to catch what it claims.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))  # kuberay/ is repository tooling, not an installed package
+checks = importlib.import_module("kuberay.checks")
+render = importlib.import_module("kuberay.render")
+
+RAY_VERSION = checks.installed_ray_version()
+SERVE_CONFIG = REPO_ROOT / "serve" / "config.yaml"
+MANIFEST_PATHS = checks.manifest_paths()
+
+
+@pytest.fixture(scope="module")
+def manifests() -> list[Any]:
+    return checks.load_manifests()
+
+
+def _one(manifests: list[Any], kind: str, name: str | None = None) -> Any:
+    found = [m for m in manifests if m.doc.get("kind") == kind and name in (None, m.doc["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def _with(manifest: Any, doc: dict) -> Any:
+    return checks.Manifest(manifest.path, manifest.index, doc)
+
+
+@pytest.fixture(scope="module")
+def rayservice(manifests: list[Any]) -> Any:
+    return _one(manifests, "RayService")
+
+
+@pytest.fixture(scope="module")
+def serve_config() -> dict:
+    return yaml.safe_load(SERVE_CONFIG.read_text())
+
+
+@pytest.fixture(scope="module")
+def launcher() -> dict:
+    return yaml.safe_load((REPO_ROOT / "raycluster.yaml").read_text())
+
+
+# ------------------------------------------------------------------ the files as committed
+
+
+def test_kuberay_folder_has_every_manifest() -> None:
+    names = {p.name for p in MANIFEST_PATHS}
+    expected = {
+        "rayservice.yaml",
+        "raycluster.yaml",
+        "rayjob-train.yaml",
+        "rayjob-tune.yaml",
+        "podmonitor.yaml",
+    }
+    assert expected <= names
+    assert not (REPO_ROOT / "kuberay" / ".gitkeep").exists()
+
+
+@pytest.mark.parametrize("path", MANIFEST_PATHS, ids=lambda p: p.name)
+def test_manifest_file_passes_every_check(path: Path) -> None:
+    """apiVersion/kind/metadata.name, specs, groups, containers with image and resources, images
+    tagged with rayVersion, head num-cpus "0", no pip installs, env and shared volume wiring."""
+    docs = checks.load_manifests([path])
+    assert docs, f"{path.name} holds no document"
+    assert [p for m in docs for p in checks.check_manifest(m, RAY_VERSION)] == []
+
+
+def test_manifests_agree_with_each_other(manifests: list[Any]) -> None:
+    """PodMonitor ports exist on the pods; the ConfigMap, Secret and PVC the pods use exist."""
+    assert checks.check_manifests(manifests, RAY_VERSION) == []
+
+
+def test_every_image_is_tagged_with_the_ray_version(manifests: list[Any], launcher: dict) -> None:
+    specs = [checks.cluster_spec(m) for m in manifests if checks.cluster_spec(m) is not None]
+    assert len(specs) == 5  # RayService, RayCluster, 3 RayJobs
+    assert {spec["rayVersion"] for spec in specs} == {RAY_VERSION}
+    images = [image for m in manifests for _, image in checks.iter_images(m.doc)]
+    images += [image for _, image in checks.iter_images(launcher)]
+    assert images and {checks.image_tag(i) for i in images} == {RAY_VERSION, f"{RAY_VERSION}-gpu"}
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    assert f"ARG RAY_VERSION={RAY_VERSION}\n" in dockerfile
+    assert "FROM rayproject/ray:${RAY_VERSION}-" in dockerfile
+
+
+def test_head_runs_no_tasks_anywhere(manifests: list[Any], launcher: dict) -> None:
+    for m in manifests:
+        spec = checks.cluster_spec(m)
+        if spec is not None:
+            assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", m.where
+    assert launcher["available_node_types"][launcher["head_node_type"]]["resources"] == {"CPU": 0}
+
+
+def test_nothing_is_pip_installed_at_run_time(manifests: list[Any]) -> None:
+    for m in manifests:
+        assert "runtimeEnvYAML" not in (m.doc.get("spec") or {}), m.where
+        assert checks.check_no_installs(m) == []
+
+
+# ------------------------------------------------------------------ serveConfigV2
+
+
+def test_rayservice_carries_serve_config(rayservice: Any, serve_config: dict) -> None:
+    carried = yaml.safe_load(rayservice.doc["spec"]["serveConfigV2"])
+    expected = copy.deepcopy(serve_config)
+    expected["http_options"]["host"] = "0.0.0.0"  # the one Kubernetes override of the CPU variant
+    assert carried == expected
+    assert render.drift() == "", "kuberay/rayservice.yaml is stale: run `python kuberay/render.py`"
+
+
+def test_serve_configs_validate_with_ray_schema(rayservice: Any, serve_config: dict) -> None:
+    assert checks.validate_serve_config(serve_config) == []
+    assert checks.validate_serve_config(yaml.safe_load(rayservice.doc["spec"]["serveConfigV2"])) == []
+
+
+def _deployment(config: dict, name: str) -> dict:
+    return next(d for _, d in checks.serve_deployments(config) if d["name"] == name)
+
+
+def _rename(mapping: dict, old: str, new: str) -> None:
+    mapping[new] = mapping.pop(old)
+
+
+TYPOS: dict[str, Callable[[dict], None]] = {
+    "max_ongoing_request": lambda c: _rename(
+        _deployment(c, "Router"), "max_ongoing_requests", "max_ongoing_request"
+    ),
+    "target_ongoing_request": lambda c: _rename(
+        _deployment(c, "NoteScorer")["autoscaling_config"],
+        "target_ongoing_requests",
+        "target_ongoing_request",
+    ),
+    "num_gpu": lambda c: _deployment(c, "NoteScorer")["ray_actor_options"].update(num_gpu=1),
+    "http_option": lambda c: _rename(c, "http_options", "http_option"),
+    "import_paths": lambda c: _rename(c["applications"][0], "import_path", "import_paths"),
+    "request_timeout": lambda c: c["http_options"].update(request_timeout=5),
+}
+
+
+@pytest.mark.parametrize("typo", TYPOS)
+def test_typo_in_serve_config_is_caught(serve_config: dict, typo: str) -> None:
+    """Ray's ServeDeploySchema ignores unknown keys (forward compatibility), so a typo would
+    deploy silently with the default; the strict check names it."""
+    bad = copy.deepcopy(serve_config)
+    TYPOS[typo](bad)
+    problems = checks.validate_serve_config(bad)
+    assert any(typo in p and "unknown" in p for p in problems), problems
+
+
+BAD_VALUES: dict[str, Callable[[dict], None]] = {
+    "max_ongoing_requests": lambda c: _deployment(c, "Router").update(max_ongoing_requests="lots"),
+    "min_replicas": lambda c: _deployment(c, "Combiner")["autoscaling_config"].update(min_replicas=-1),
+    "route_prefix": lambda c: c["applications"][0].update(route_prefix="no-leading-slash"),
+    "proxy_location": lambda c: c.update(proxy_location="Everywhere"),
+}
+
+
+@pytest.mark.parametrize("field", BAD_VALUES)
+def test_bad_value_in_serve_config_fails_ray_schema(serve_config: dict, field: str) -> None:
+    bad = copy.deepcopy(serve_config)
+    BAD_VALUES[field](bad)
+    problems = checks.validate_serve_config(bad)
+    assert any(field in p for p in problems), problems
+
+
+def test_render_check_detects_drift_and_render_fixes_it(tmp_path: Path) -> None:
+    committed = (REPO_ROOT / "kuberay" / "rayservice.yaml").read_text()
+    stale = tmp_path / "rayservice.yaml"
+    stale.write_text(committed.replace("weight: 0.9", "weight: 0.5", 1))
+    assert stale.read_text() != committed
+    assert render.main(["--check", "--manifest", str(stale)]) == 1
+    assert render.main(["--manifest", str(stale)]) == 0
+    assert render.main(["--check", "--manifest", str(stale)]) == 0
+    assert stale.read_text() == committed  # rendering is deterministic and touches only serveConfigV2
+
+
+def test_gpu_variant_puts_note_scorer_on_the_gpu_group(rayservice: Any, tmp_path: Path) -> None:
+    out = tmp_path / "rayservice-gpu.yaml"
+    assert render.main(["--gpu-note-scorer", "--out", str(out)]) == 0
+    (doc,) = yaml.safe_load_all(out.read_text())
+    config = yaml.safe_load(doc["spec"]["serveConfigV2"])
+    gpus = {d["name"]: d["ray_actor_options"].get("num_gpus", 0) for _, d in checks.serve_deployments(config)}
+    assert gpus == {"TabularScorer": 0, "NoteScorer": 1, "Combiner": 0, "Router": 0}
+    assert checks.check_manifest(_with(rayservice, doc), RAY_VERSION) == []  # schema, capacity, images
+    cluster = doc["spec"]["rayClusterConfig"]
+    assert cluster == rayservice.doc["spec"]["rayClusterConfig"]  # only serveConfigV2 differs
+
+
+def test_serve_replicas_must_fit_the_worker_groups(rayservice: Any, serve_config: dict) -> None:
+    cluster = rayservice.doc["spec"]["rayClusterConfig"]
+    assert checks.check_serve_capacity(serve_config, cluster, "rayservice") == []
+    too_big = copy.deepcopy(serve_config)
+    _deployment(too_big, "NoteScorer")["ray_actor_options"]["num_cpus"] = 16
+    assert any("NoteScorer needs 16.0 CPU" in p for p in checks.check_serve_capacity(too_big, cluster, "x"))
+    gpu = render.k8s_serve_config(serve_config, gpu_note_scorer=True)
+    no_gpu_group = copy.deepcopy(cluster)
+    no_gpu_group["workerGroupSpecs"] = [g for g in cluster["workerGroupSpecs"] if g["groupName"] != "gpu"]
+    assert any("1.0 GPU" in p for p in checks.check_serve_capacity(gpu, no_gpu_group, "x"))
+
+
+# ------------------------------------------------------------------ deployments vs the app
+
+
+def test_rayservice_deployments_are_the_serve_config_deployments(rayservice: Any, serve_config: dict) -> None:
+    carried = yaml.safe_load(rayservice.doc["spec"]["serveConfigV2"])
+    names = [d["name"] for _, d in checks.serve_deployments(serve_config)]
+    assert len(names) == len(set(names))
+    assert [d["name"] for _, d in checks.serve_deployments(carried)] == names
+    assert set(names) == {"TabularScorer", "NoteScorer", "Combiner", "Router"}
+
+
+def test_config_deployments_exist_in_the_built_app(serve_config: dict) -> None:
+    """Builds serve/config.yaml's import_path with its args, as `serve deploy` does. Skips only
+    while serve/app.py does not exist; once it does, an import error or a name missing from the
+    app fails."""
+    if not checks.serve_app_file().exists():
+        pytest.skip("serve/app.py not written yet")
+    assert checks.check_app_deployments(serve_config) == []
+
+
+def test_app_deployment_check_catches_a_renamed_deployment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "fake_mediscale_app.py").write_text(
+        textwrap.dedent(
+            """
+            from ray import serve
+
+
+            @serve.deployment
+            class TabularScorer:
+                pass
+
+
+            @serve.deployment
+            class Router:
+                def __init__(self, tabular):
+                    self.tabular = tabular
+
+
+            def build_app(args):
+                return Router.bind(TabularScorer.bind())
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = {"name": "mediscale", "import_path": "fake_mediscale_app:build_app", "args": {"x": 1}}
+    good = {"applications": [{**app, "deployments": [{"name": "TabularScorer"}, {"name": "Router"}]}]}
+    assert checks.check_app_deployments(good) == []
+    bad = {"applications": [{**app, "deployments": [{"name": "TabularScorer"}, {"name": "Routr"}]}]}
+    assert any("'Routr' is not in" in p for p in checks.check_app_deployments(bad))
+
+
+# ------------------------------------------------------------------ RayJobs
+
+
+@pytest.mark.parametrize(
+    "name", ["mediscale-train-tabular", "mediscale-train-notes", "mediscale-tune-xgboost"]
+)
+def test_rayjob_entrypoint_parses_with_the_project_cli(manifests: list[Any], name: str) -> None:
+    job = _one(manifests, "RayJob", name)
+    spec = job.doc["spec"]
+    assert spec["submissionMode"] == "K8sJobMode"
+    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
+    result = checks.check_entrypoint(spec["entrypoint"])
+    if result.status == "pending":
+        pytest.skip(result.message)
+    assert result.status == "ok", result.message
+
+
+@pytest.mark.parametrize(
+    "entrypoint",
+    [
+        "python -m ml train-tabular --feature s3://b/f",  # typo'd option
+        "python -m ml train-tabular --register",  # required --features missing
+        "python -m ml train-tabulr --features s3://b/f",  # unknown command, not a pending one
+        "python -m ml train-tabular --features s3://b/f --num-workers zero",  # bad type
+        "ray job submit -- python -m ml train-tabular",  # not `python -m`
+    ],
+)
+def test_bad_entrypoint_is_rejected(entrypoint: str) -> None:
+    assert checks.check_entrypoint(entrypoint).status == "error"
+
+
+# ------------------------------------------------------------------ negative: manifests
+
+
+def _break_cluster(doc: dict, change: Callable[[dict], None]) -> dict:
+    broken = copy.deepcopy(doc)
+    change(broken["spec"]["rayClusterConfig"])
+    return broken
+
+
+def _gpu_group(cluster: dict) -> dict:
+    return next(g for g in cluster["workerGroupSpecs"] if g["groupName"] == "gpu")
+
+
+def _container(group: dict) -> dict:
+    return group["template"]["spec"]["containers"][0]
+
+
+BROKEN_CLUSTERS: dict[str, tuple[Callable[[dict], None], str]] = {
+    "rayVersion": (lambda c: c.update(rayVersion="2.59.0"), "but the installed Ray is"),
+    "unquoted rayVersion": (lambda c: c.update(rayVersion=2.6), "must be a quoted string"),
+    "image tag": (
+        lambda c: _container(c["headGroupSpec"]).update(image="registry.example.com/mediscale:2.59.0"),
+        "has tag '2.59.0'",
+    ),
+    "latest image": (lambda c: _container(c["headGroupSpec"]).update(image="rayproject/ray"), "has tag None"),
+    "cpu image on gpu group": (
+        lambda c: _container(_gpu_group(c)).update(image=f"registry.example.com/mediscale:{RAY_VERSION}"),
+        "GPU group uses image",
+    ),
+    "head num-cpus": (lambda c: c["headGroupSpec"]["rayStartParams"].update({"num-cpus": "1"}), 'want "0"'),
+    "int start param": (
+        lambda c: c["headGroupSpec"]["rayStartParams"].update({"num-cpus": 0}),
+        "must be a string",
+    ),
+    "typo field": (lambda c: c.update(workerGroupSpec=c.pop("workerGroupSpecs")), "did you mean"),
+    "restart policy": (
+        lambda c: c["headGroupSpec"]["template"]["spec"].update(restartPolicy="Always"),
+        "restartPolicy",
+    ),
+    "no autoscaling": (lambda c: c.update(enableInTreeAutoscaling=False), "enableInTreeAutoscaling"),
+    "no toleration": (lambda c: _gpu_group(c)["template"]["spec"].pop("tolerations"), "toleration"),
+    "no resources": (lambda c: _container(c["headGroupSpec"]).pop("resources"), "resources.requests.cpu"),
+    "replicas above max": (lambda c: _gpu_group(c).update(replicas=9), "minReplicas <= replicas"),
+    "no secret env": (lambda c: _container(c["headGroupSpec"])["envFrom"].pop(), "secretRef"),
+    "no shared volume": (
+        lambda c: _container(_gpu_group(c))["volumeMounts"].pop(),
+        "not mounted at /mnt/mediscale",
+    ),
+    "probe without serve check": (
+        lambda c: _container(_gpu_group(c)).update(
+            readinessProbe={"httpGet": {"path": "/api/local_raylet_healthz", "port": 52365}}
+        ),
+        "must check the Serve proxy",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_CLUSTERS)
+def test_broken_rayservice_is_caught(rayservice: Any, case: str) -> None:
+    change, expected = BROKEN_CLUSTERS[case]
+    problems = checks.check_manifest(_with(rayservice, _break_cluster(rayservice.doc, change)), RAY_VERSION)
+    assert any(expected in p for p in problems), problems
+
+
+def test_deprecated_and_unknown_rayservice_fields_are_caught(rayservice: Any) -> None:
+    doc = copy.deepcopy(rayservice.doc)
+    doc["spec"]["serviceUnhealthySecondThreshold"] = 900
+    doc["spec"]["upgradeStrategy"] = {"type": "BlueGreen"}
+    doc["spec"]["serveConfigv2"] = doc["spec"].pop("serveConfigV2")
+    problems = checks.check_manifest(_with(rayservice, doc), RAY_VERSION)
+    assert any("deprecated" in p for p in problems)
+    assert any("upgradeStrategy.type" in p for p in problems)
+    assert any("serveConfigv2: unknown field (did you mean 'serveConfigV2'?)" in p for p in problems)
+
+
+def test_rayjob_with_pip_runtime_env_is_caught(manifests: list[Any]) -> None:
+    job = _one(manifests, "RayJob", "mediscale-tune-xgboost")
+    doc = copy.deepcopy(job.doc)
+    doc["spec"]["runtimeEnvYAML"] = "pip:\n  - xgboost==3.0.0\n"
+    doc["spec"]["shutdownAfterJobFinishes"] = False
+    problems = checks.check_manifest(_with(job, doc), RAY_VERSION)
+    assert any("installs with 'pip'" in p for p in problems)
+    assert any("shutdownAfterJobFinishes" in p for p in problems)
+
+
+def test_secret_template_never_holds_values(manifests: list[Any]) -> None:
+    secret = _one(manifests, "Secret", "mediscale-secrets")
+    assert set(secret.doc["stringData"]) == checks.SECRET_KEYS
+    doc = copy.deepcopy(secret.doc)
+    doc["stringData"]["MLFLOW_TRACKING_PASSWORD"] = "hunter2"
+    doc["data"] = {"AWS_ACCESS_KEY_ID": "QUtJQUVYQU1QTEU="}
+    problems = checks.check_manifest(_with(secret, doc), RAY_VERSION)
+    assert any("MLFLOW_TRACKING_PASSWORD: not a <placeholder>" in p for p in problems)
+    assert any("base64 values" in p for p in problems)
+
+
+def test_podmonitor_port_missing_on_pods_is_caught(manifests: list[Any]) -> None:
+    broken = []
+    for m in manifests:
+        doc = copy.deepcopy(m.doc)
+        if doc.get("kind") == "RayCluster":
+            ports = doc["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["ports"]
+            ports[:] = [p for p in ports if p["name"] != "metrics"]
+        broken.append(_with(m, doc))
+    problems = checks.check_podmonitors(broken)
+    assert any("port 'metrics' not declared" in p and "RayCluster" in p for p in problems), problems
+
+
+# ------------------------------------------------------------------ cluster launcher
+
+
+def test_launcher_config_validates_with_ray_schema(launcher: dict) -> None:
+    import ray.autoscaler
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    assert (Path(ray.autoscaler.__file__).parent / "ray-schema.json").is_file()
+    validate_config(prepare_config(copy.deepcopy(launcher)))  # raises on an invalid config
+    assert checks.check_launcher(launcher, RAY_VERSION) == []
+
+
+BROKEN_LAUNCHERS: dict[str, tuple[Callable[[dict], None], str]] = {
+    "no head_node_type": (lambda c: c.pop("head_node_type"), "head_node_type"),
+    "typo key": (lambda c: _rename(c, "setup_commands", "setup_command"), "'setup_command' was unexpected"),
+    "typo node key": (
+        lambda c: _rename(c["available_node_types"]["cpu_worker"], "min_workers", "min_worker"),
+        "'min_worker' was unexpected",
+    ),
+    "fractional resource": (
+        lambda c: c["available_node_types"]["gpu_worker"]["resources"].update(GPU=0.5),
+        "is not of type 'integer'",
+    ),
+    "head runs tasks": (lambda c: c["available_node_types"]["head"]["resources"].update(CPU=8), '"CPU": 0'),
+    "image tag": (
+        lambda c: c["docker"].update(image="registry.example.com/mediscale:latest"),
+        "has tag 'latest'",
+    ),
+    "cpu image on gpu nodes": (
+        lambda c: c["available_node_types"]["gpu_worker"].pop("docker"),
+        "GPU group uses image",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_LAUNCHERS)
+def test_broken_launcher_config_is_caught(launcher: dict, case: str) -> None:
+    change, expected = BROKEN_LAUNCHERS[case]
+    broken = copy.deepcopy(launcher)
+    change(broken)
+    problems = checks.check_launcher(broken, RAY_VERSION)
+    assert any(expected in p for p in problems), problems
+
+
+# ------------------------------------------------------------------ Dockerfile
+
+
+def test_dockerfile_and_dockerignore() -> None:
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    dockerignore = (REPO_ROOT / ".dockerignore").read_text()
+    assert checks.check_dockerfile(dockerfile, RAY_VERSION) == []
+    assert checks.check_dockerignore(dockerignore) == []
+    stale = dockerfile.replace(f"ARG RAY_VERSION={RAY_VERSION}", "ARG RAY_VERSION=2.59.0")
+    assert any("ARG RAY_VERSION='2.59.0'" in p for p in checks.check_dockerfile(stale, RAY_VERSION))
+    everything = dockerfile.replace("COPY --chown=ray:users data ./data", "COPY . .")
+    assert any("copies '.'" in p for p in checks.check_dockerfile(everything, RAY_VERSION))
+    as_root = dockerfile + "USER root\n"
+    assert any("non-root" in p for p in checks.check_dockerfile(as_root, RAY_VERSION))
+    leaky = dockerignore.replace("*\n", "", 1)
+    assert any(".venv/bin/python would be sent" in p for p in checks.check_dockerignore(leaky))
