@@ -6,15 +6,34 @@ DATA_DIR ?= artifacts
 PATIENTS ?= 3000
 SEED ?= 0
 
-export MEDISCALE_DATA_DIR := $(DATA_DIR)
+# Absolute: Ray workers and Serve replicas do not share this shell's working directory.
+export MEDISCALE_DATA_DIR := $(abspath $(DATA_DIR))
 export MLFLOW_DISABLE_TELEMETRY := true
-TABULAR_METRICS := $(DATA_DIR)/models/tabular_metrics.json
+MODELS := $(DATA_DIR)/models
+TABULAR_METRICS := $(MODELS)/tabular_metrics.json
+# The quick note model of `make run`: a sample of the synthetic notes, one epoch.
+NOTE_ARGS := --task readmission --features $(DATA_DIR)/features --register --sample 256 --epochs 1 \
+	--max-length 128 --head-tokens 32 --cpus-per-worker 2 --n-boot 200
+CURL_EXAMPLE := curl -s localhost:8000/predict -H 'content-type: application/json' \
+	-d '{"age": 67, "blood_pressure": 140, "clinical_note": "Patient presents with chest pain..."}'
 
-.PHONY: run venv data test lint format bench-data bench-tabular clean
+.PHONY: run models serve venv data test lint format bench-data bench-tabular bench-text clean \
+	render deploy-check image image-gpu
+REGISTRY ?= registry.example.com
+RAY_VERSION := $(shell sed -n 's/^ARG RAY_VERSION=//p' Dockerfile)
 
-run: data $(TABULAR_METRICS)
-	@echo "Feature folder: $(DATA_DIR)/features; tabular model test metrics: $(TABULAR_METRICS)"
+# The main job: data, a champion and a challenger of both models, then the service.
+run: models
 	$(BIN)/python -m ml registry list
+	@echo "Serving on http://localhost:8000 (docs: /docs). Try:"
+	@echo "  $(CURL_EXAMPLE)"
+	$(BIN)/serve run serve/config.yaml
+
+models: $(TABULAR_METRICS) $(MODELS)/tabular_challenger.json $(MODELS)/notes_metrics.json \
+	$(MODELS)/notes_challenger.json
+
+serve: venv
+	$(BIN)/serve run serve/config.yaml
 
 venv: $(VENV)/.installed
 
@@ -38,6 +57,17 @@ $(DATA_DIR)/features/manifest.json: $(DATA_DIR)/raw/manifest.json
 $(TABULAR_METRICS): $(DATA_DIR)/features/manifest.json
 	$(BIN)/python -m ml train-tabular --features $(DATA_DIR)/features --register --metrics-out $@ --n-boot 500
 
+# Second configurations, registered as challengers (champion stays until `ml registry promote`).
+$(MODELS)/tabular_challenger.json: $(TABULAR_METRICS)
+	$(BIN)/python -m ml train-tabular --features $(DATA_DIR)/features --register --metrics-out $@ --n-boot 500 \
+		--max-depth 3 --learning-rate 0.1 --scale-pos-weight auto
+
+$(MODELS)/notes_metrics.json: $(TABULAR_METRICS)
+	$(BIN)/python -m ml train-notes $(NOTE_ARGS) --learning-rate 5e-5 --metrics-out $@
+
+$(MODELS)/notes_challenger.json: $(MODELS)/notes_metrics.json
+	$(BIN)/python -m ml train-notes $(NOTE_ARGS) --learning-rate 1e-4 --metrics-out $@
+
 test: venv
 	$(BIN)/pytest
 
@@ -52,9 +82,26 @@ format: venv
 bench-data: venv
 	$(BIN)/python bench/data_pipeline.py --json bench/results/data_pipeline.json
 
+bench-text: venv data
+	$(BIN)/python bench/text_train.py --json bench/results/text_train.json
+	$(BIN)/python bench/text_tasks.py --json bench/results/text_tasks.json
+
 bench-tabular: venv
 	$(BIN)/python bench/tabular_train.py --json bench/results/tabular_train.json
 	$(BIN)/python bench/tabular_uci.py --json bench/results/tabular_uci.json
+
+render: venv
+	$(BIN)/python kuberay/render.py
+
+deploy-check: venv
+	$(BIN)/python kuberay/render.py --check
+	$(BIN)/python -m kuberay.checks
+
+image:
+	docker build -t $(REGISTRY)/mediscale:$(RAY_VERSION) .
+
+image-gpu:
+	docker build -t $(REGISTRY)/mediscale:$(RAY_VERSION)-gpu --build-arg RAY_VARIANT=-gpu --build-arg TORCH_INDEX_URL= .
 
 clean:
 	rm -rf $(DATA_DIR)

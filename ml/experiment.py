@@ -211,15 +211,18 @@ def train_text(
     sample: int | None = None,
     storage_path: str | None = None,
     resume_from: str | None = None,
+    trained_checkpoint: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune the note model on a task, calibrate and evaluate it, log it to MLflow.
 
     For the readmission task the tabular + note combiner is fitted on validation against the
     tabular champion (when one is registered) and stored with the note model.
+    `trained_checkpoint` skips training and takes that checkpoint's model (a tuning trial's).
     """
     from ml.combine import RiskCombiner
     from ml.tabular import Calibrator
-    from ml.text import TextConfig, fit
+    from ml.text import NotePredictor, TextConfig, TextTrainResult, fit
     from ml.text_tasks import load_task
 
     config = config or TextConfig()
@@ -230,8 +233,14 @@ def train_text(
     with mlflow.start_run() as run:
         mlflow.log_params({f"config.{k}": v for k, v in config.model_dump().items()})
         mlflow.log_params({"task": task, "train_rows": len(splits.train), "labels": ",".join(splits.labels)})
-        storage_path = storage_path or default_storage_path()
-        result = fit(splits, config, storage_path=storage_path, resume_from=resume_from)
+        if trained_checkpoint:
+            result = TextTrainResult(
+                NotePredictor.from_checkpoint(trained_checkpoint), {}, trained_checkpoint, {}
+            )
+            mlflow.log_param("trained_checkpoint", trained_checkpoint)
+        else:
+            storage_path = storage_path or default_storage_path()
+            result = fit(splits, config, storage_path=storage_path, resume_from=resume_from)
         predictor = result.predictor
         mlflow.log_metrics({f"final_{k}": v for k, v in result.metrics.items()})
         mlflow.log_metrics({f"seconds_{k}": v for k, v in result.seconds.items()})
@@ -277,7 +286,9 @@ def train_text(
             "checkpoint": result.checkpoint_path,
         }
         if register:
-            info = registry.register(run.info.run_id, MODEL_ARTIFACT, model_name, tags={"task": task})
+            info = registry.register(
+                run.info.run_id, MODEL_ARTIFACT, model_name, tags={"task": task, **(tags or {})}
+            )
             out["registered"] = {"name": info.name, "version": info.version, "aliases": info.aliases}
     log.info("note model %s: %s", task, {k: v for k, v in scores.items() if "ci" not in k})
     return out

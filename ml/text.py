@@ -58,6 +58,7 @@ CHECKPOINT_STATE = "train_state.pt"
 PREDICTOR_META = "note_predictor.json"
 MODEL_DIR = "model"
 LOG_EVERY = 20  # steps between progress lines
+WARMUP_STEPS = 2  # steps left out of the steady-state throughput
 
 
 class TextDataError(ValueError):
@@ -459,6 +460,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model.train()
     started = time.perf_counter()
     rows_seen, compute_seconds, losses = 0, 0.0, []
+    steady_from: tuple[float, int] | None = None  # (time, rows) once warm-up steps are done
     epoch = step // steps_per_epoch
 
     def report(final: bool) -> None:
@@ -471,6 +473,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "micro_batch": runner.micro_batch,
             "oom_events": runner.oom_events,
             "rows_per_second": rows_seen * world / max(compute_seconds, 1e-9),
+            # wall clock from the end of warm-up to this report, data loading (and checkpoints) included:
+            "steady_rows_per_second": (
+                (rows_seen - steady_from[1]) * world / max(time.perf_counter() - steady_from[0], 1e-9)
+                if steady_from and rows_seen > steady_from[1]
+                else float("nan")
+            ),
             "seconds": time.perf_counter() - started,
         }
         if final or cfg.checkpoint_every:
@@ -495,6 +503,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             compute_seconds += time.perf_counter() - t0
             rows_seen += len(ids)
             step += 1
+            if step - start_step == WARMUP_STEPS:
+                steady_from = (time.perf_counter(), rows_seen)
             if rank == 0 and (step % LOG_EVERY == 0 or step == total_steps):
                 log.info(
                     "step %d/%d loss %.4f, %.1f rows/s",
@@ -592,11 +602,13 @@ def fit(
     storage_path: str | None = None,
     run_name: str | None = None,
     resume_from: str | None = None,
+    callbacks: list | None = None,
 ) -> TextTrainResult:
     """Fine-tune on `splits.train` with TorchTrainer; returns the final model as a predictor.
 
     `resume_from` is a checkpoint (folder or URI the workers can read) of an earlier run with the
     same labels: training continues from its step (optimizer and schedule included).
+    `callbacks` go to Ray Train's RunConfig (e.g. Tune's TuneReportCallback inside a trial).
     """
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -631,6 +643,7 @@ def fit(
             name=run_name or f"text-{splits.name}-{int(time.time())}",
             storage_path=storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
         ),
         datasets=datasets,
     )

@@ -21,9 +21,10 @@ Deployments, composed by passing handles to constructors:
 
 `serve run serve.app:app` uses the defaults; `serve run serve/config.yaml` (or `serve deploy`)
 carries every setting.
-"""
 
-from __future__ import annotations
+(No `from __future__ import annotations` here: FastAPI must see the endpoint annotations as
+real types through Serve's ingress wrapper, or it takes the body for query parameters.)
+"""
 
 import asyncio
 import hashlib
@@ -174,7 +175,9 @@ def _threads() -> int:
     return max(1, int(cpus))
 
 
-@serve.deployment
+# Defaults match serve/config.yaml (which overrides them): small CPU shares, so the whole
+# graph fits a 2-CPU machine; the note scorer gets a full CPU for its forward passes.
+@serve.deployment(ray_actor_options={"num_cpus": 0.25})
 class TabularScorer:
     """The registered XGBoost model: calibrated risk and the top contributing features."""
 
@@ -202,13 +205,16 @@ class TabularScorer:
         frame = pd.DataFrame(rows, columns=names)
         risk = predictor.predict_proba(frame)
         factors = predictor.explain(frame, top_k=top_k) if top_k else [[] for _ in rows]
+        for found, row in zip(factors, rows, strict=True):
+            for factor in found:  # the record's own value beside each contribution (None: missing)
+                factor["value"] = row.get(str(factor["feature"]))
         return [
             {"risk": float(p), "factors": f, "features": row}
             for p, f, row in zip(risk, factors, rows, strict=True)
         ]
 
 
-@serve.deployment(user_config=NoteBatchConfig().model_dump())
+@serve.deployment(ray_actor_options={"num_cpus": 1}, user_config=NoteBatchConfig().model_dump())
 class NoteScorer:
     """The registered note model; concurrent requests are batched by `@serve.batch`."""
 
@@ -250,7 +256,7 @@ class NoteScorer:
         return out
 
 
-@serve.deployment
+@serve.deployment(ray_actor_options={"num_cpus": 0.25})
 class Combiner:
     """One risk per record from both scorers, with the weights stored with the note model."""
 
@@ -329,7 +335,7 @@ def pick_variant(key: str, weights: dict[str, float]) -> str:
     return names[-1]
 
 
-@serve.deployment(user_config=RouterConfig().model_dump())
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, user_config=RouterConfig().model_dump())
 @serve.ingress(api)
 class Router:
     """HTTP front door: validation, variant assignment, prediction log, feedback."""

@@ -36,15 +36,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def application(args: dict, router: dict, version: str = "test"):
-    """The same graph as serve.app.build_app, with explicit user_configs and code versions so a
-    redeploy that changes only a user_config is an in-place reconfigure."""
-    tabular = TabularScorer.options(version=version).bind(args["tabular_model"], args["data_dir"])
-    note = NoteScorer.options(version=version, user_config=NoteBatchConfig().model_dump()).bind(
+def application(args: dict, router: dict):
+    """The same graph as serve.app.build_app, with an explicit Router user_config."""
+    tabular = TabularScorer.bind(args["tabular_model"], args["data_dir"])
+    note = NoteScorer.options(user_config=NoteBatchConfig().model_dump()).bind(
         args["note_model"], args["data_dir"]
     )
-    combiner = Combiner.options(version=version).bind(tabular, note)
-    return Router.options(version=version, user_config=router).bind(combiner, tabular, note, args)
+    combiner = Combiner.bind(tabular, note)
+    return Router.options(user_config=router).bind(combiner, tabular, note, args)
 
 
 @pytest.fixture(scope="module")

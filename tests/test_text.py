@@ -242,3 +242,33 @@ def test_train_notes_cli_refuses_an_unknown_task(tmp_path: Path) -> None:
     )
     assert run.returncode == 2
     assert "unknown task 'sentiment'" in run.stderr
+
+
+# --------------------------------------------------------------------------- behaviour (real model)
+
+
+@pytest.fixture(scope="module")
+def negex_model(ray_cluster: object, datasets_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """all-MiniLM-L6-v2 fine-tuned for one epoch on NegEx reports 1-64 (the test reports unseen)."""
+    from ml.text_tasks import negex_splits
+
+    config = TextConfig(max_length=64, head_tokens=16, batch_size=16, epochs=1, learning_rate=1e-4,
+                        cpus_per_worker=2)  # fmt: skip
+    return fit(
+        negex_splits(datasets_dir), config, storage_path=str(tmp_path_factory.mktemp("negex"))
+    ).predictor
+
+
+def test_denial_is_negated_and_a_report_is_affirmed(negex_model) -> None:
+    texts = ["Patient denies [chest pain].", "Patient reports [chest pain].",
+             "No evidence of [pneumonia] on chest x-ray.", "Chest x-ray shows [pneumonia]."]  # fmt: skip
+    assert negex_model.predict(texts) == ["Negated", "Affirmed", "Negated", "Affirmed"]
+
+
+def test_the_patient_name_changes_nothing(negex_model) -> None:
+    names = ["Mr. Smith", "Mrs. Garcia", "Ms. Nguyen", "Mr. Okafor"]
+    texts = [f"{name} denies [shortness of breath] at rest." for name in names]
+    labels = negex_model.predict(texts)
+    assert labels == ["Negated"] * len(names)
+    proba = negex_model.predict_proba(texts)[:, negex_model.labels.index("Negated")]
+    assert proba.max() - proba.min() < 0.1
