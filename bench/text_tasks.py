@@ -13,6 +13,7 @@ not apply to MTS-Dialog. Run:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -41,17 +42,19 @@ def main() -> None:
     parser.add_argument("--negex-epochs", type=float, default=3.0)
     parser.add_argument("--mts-epochs", type=float, default=6.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=["negex", "mtsdialog"],
+        default=["negex", "mtsdialog"],
+        help="run these; the other task's figures are kept from an existing --json file",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     os.environ["MEDISCALE_DATA_DIR"] = str(args.home)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
     import ray
-
-    from ml.experiment import train_text
-    from ml.text import TextConfig
-    from ml.text_baselines import DictionaryBaseline, NegexRules, TfidfLogReg, classification_scores
-    from ml.text_tasks import mtsdialog_splits, negex_splits
 
     ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     report: dict = {
@@ -62,6 +65,22 @@ def main() -> None:
         "seconds": {},
         "config": {},
     }
+    if args.json and args.json.exists():  # keep the figures of a task not run now
+        report |= json.loads(args.json.read_text())
+    if "negex" in args.tasks:
+        run_negex(args, report)
+        emit(report, args.json)
+    if "mtsdialog" in args.tasks:
+        run_mtsdialog(args, report)
+        emit(report, args.json)
+    ray.shutdown()
+
+
+def run_negex(args: argparse.Namespace, report: dict) -> None:
+    from ml.experiment import train_text
+    from ml.text import TextConfig
+    from ml.text_baselines import DictionaryBaseline, NegexRules, TfidfLogReg, classification_scores
+    from ml.text_tasks import negex_splits
 
     negex = negex_splits(args.datasets)
     development = [*negex.train["text"], *negex.valid["text"]]
@@ -97,6 +116,13 @@ def main() -> None:
     report["negex_rows"] = {"train": len(negex.train), "valid": len(negex.valid), "test": len(negex.test)}
     print(f"negex finetuned: f1 {tuned['test_f1_positive']:.3f} acc {tuned['test_accuracy']:.3f}", flush=True)
 
+
+def run_mtsdialog(args: argparse.Namespace, report: dict) -> None:
+    from ml.experiment import train_text
+    from ml.text import TextConfig
+    from ml.text_baselines import TfidfLogReg, classification_scores
+    from ml.text_tasks import mtsdialog_splits
+
     mts = mtsdialog_splits(args.datasets)
     official_train = [*mts.train["text"], *mts.valid["text"]]
     official_labels = [*mts.train["label"], *mts.valid["label"]]
@@ -131,8 +157,6 @@ def main() -> None:
         f"mtsdialog finetuned: acc {tuned['test_accuracy']:.3f} macro-F1 {tuned['test_macro_f1']:.3f}",
         flush=True,
     )
-    ray.shutdown()
-    emit(report, args.json)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
 from ray import serve
@@ -310,6 +310,8 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _request_id(request: Request) -> str:
+    """The client's x-request-id (Serve's proxy passes it through, or sets a fresh one, and
+    echoes it on the response)."""
     given = request.headers.get("x-request-id")
     if given is None:
         return uuid.uuid4().hex
@@ -509,24 +511,20 @@ class Router:
     # ------------------------------------------------------------------ HTTP
 
     @api.post("/predict", response_model=Prediction)
-    async def predict(self, record: PatientRecord, request: Request, response: Response) -> Prediction:
+    async def predict(self, record: PatientRecord, request: Request) -> Prediction:
         """One record -> risk, band, variant, model versions, components and top factors."""
         request_id = _request_id(request)
         self._check_note(record)
         [prediction] = await self._score([record], [request_id])
-        response.headers["x-request-id"] = request_id
         return prediction
 
     @api.post("/predict/batch", response_model=BatchPrediction)
-    async def predict_batch(
-        self, batch: BatchRequest, request: Request, response: Response
-    ) -> BatchPrediction:
+    async def predict_batch(self, batch: BatchRequest, request: Request) -> BatchPrediction:
         """Many records in one call; request ids are `<x-request-id or random>-<index>`."""
         base = _request_id(request)
         for i, record in enumerate(batch.records):
             self._check_note(record, f"records[{i}].clinical_note")
         ids = [f"{base}-{i}" for i in range(len(batch.records))]
-        response.headers["x-request-id"] = base
         return BatchPrediction(predictions=await self._score(batch.records, ids))
 
     @api.post("/feedback")

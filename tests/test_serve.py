@@ -36,14 +36,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+QUARTER_CPU = {"num_cpus": 0.25}  # two applications side by side fit the 2-CPU test cluster
+
+
 def application(args: dict, router: dict):
     """The same graph as serve.app.build_app, with an explicit Router user_config."""
-    tabular = TabularScorer.bind(args["tabular_model"], args["data_dir"])
-    note = NoteScorer.options(user_config=NoteBatchConfig().model_dump()).bind(
+    tabular = TabularScorer.options(ray_actor_options=QUARTER_CPU).bind(
+        args["tabular_model"], args["data_dir"]
+    )
+    note = NoteScorer.options(ray_actor_options=QUARTER_CPU, user_config=NoteBatchConfig().model_dump()).bind(
         args["note_model"], args["data_dir"]
     )
-    combiner = Combiner.bind(tabular, note)
-    return Router.options(user_config=router).bind(combiner, tabular, note, args)
+    combiner = Combiner.options(ray_actor_options=QUARTER_CPU).bind(tabular, note)
+    return Router.options(ray_actor_options=QUARTER_CPU, user_config=router).bind(
+        combiner, tabular, note, args
+    )
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,275 @@
+"""Hyperparameter search for the note model with Ray Tune (random search + ASHA).
+
+One trial = one `ml.text.fit` run: a Ray Train `TorchTrainer` inside a Tune trial, its reports
+forwarded to Tune by `TuneReportCallback`. Unlike the XGBoost search (one in-process booster
+per CPU), a note-model trial is itself data parallel and GPU-ready, so each trial keeps the
+production training loop; on a small machine run one trial at a time (`max_concurrent`).
+
+Search space (`search_space()`): learning_rate loguniform(1e-5, 3e-4), batch_size in
+{8, 16, 32}, warmup_ratio uniform(0, 0.2), weight_decay in {0, 0.01, 0.1}. The first trial is
+the `TextConfig` default. Each trial reports validation loss every `eval_every` optimizer steps
+(with a checkpoint); ASHA stops trials on `valid_loss` (mode min, `time_attr="step"`). Fewer
+reports are cheaper; each costs an evaluation pass over the validation split.
+
+The experiment lives in `<data dir>/tune/<name>` (`--resume` continues it with Tuner.restore).
+MLflow: a parent run for the search, one child run per trial, written by the driver (the same
+`MlflowSearchLogger` as the XGBoost search). The best trial's final checkpoint is then
+evaluated on the test split, logged and registered as `challenger` by
+`ml.experiment.train_text` (no retraining: the trial already is a full training run), with its
+search provenance as version tags.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import ray
+import ray.tune
+from pydantic import BaseModel, Field
+
+from data.config import Settings
+from tune.xgboost_search import (
+    MlflowSearchLogger,
+    SearchError,
+    SearchInterrupted,
+    check_new,
+    check_resumable,
+    format_table,
+)
+
+log = logging.getLogger(__name__)
+
+METRIC = "valid_loss"
+TIME_ATTR = "step"
+SEARCH_FILE = "search.json"
+TUNED = ("learning_rate", "batch_size", "warmup_ratio", "weight_decay")
+
+
+class TextSearchConfig(BaseModel):
+    """One note-model search; saved as search.json in the experiment folder."""
+
+    task: str
+    name: str
+    features: str | None = None
+    datasets: str | None = None
+    sample: int | None = Field(None, ge=10, description="Train rows per trial (quick searches).")
+    num_samples: int = Field(4, ge=1)
+    max_concurrent: int = Field(1, ge=1)
+    max_steps: int = Field(60, ge=1, description="Optimizer steps per trial (ASHA max_t).")
+    eval_every: int = Field(20, ge=1, description="Steps between reports (validation + checkpoint).")
+    grace_period: int | None = Field(None, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+    model: str | None = None
+    max_length: int = 128
+    head_tokens: int = 32
+    cpus_per_worker: int = 1
+    use_gpu: bool = False
+    seed: int = 0
+    register: bool = True
+    n_boot: int = Field(500, ge=10)
+
+
+def search_space() -> dict[str, Any]:
+    return {
+        "learning_rate": ray.tune.loguniform(1e-5, 3e-4),
+        "batch_size": ray.tune.choice([8, 16, 32]),
+        "warmup_ratio": ray.tune.uniform(0.0, 0.2),
+        "weight_decay": ray.tune.choice([0.0, 0.01, 0.1]),
+    }
+
+
+def text_config(search: TextSearchConfig, point: dict[str, Any]):
+    """The TextConfig of one trial: the search's fixed settings plus the sampled point."""
+    from ml.text import TextConfig
+
+    fixed = {
+        "max_length": search.max_length,
+        "head_tokens": search.head_tokens,
+        "max_steps": search.max_steps,
+        "checkpoint_every": search.eval_every,
+        "cpus_per_worker": search.cpus_per_worker,
+        "use_gpu": search.use_gpu,
+        "seed": search.seed,
+    }
+    if search.model:
+        fixed["model"] = search.model
+    return TextConfig(**fixed, **{k: point[k] for k in TUNED if k in point})
+
+
+def text_trial(point: dict[str, Any], search: dict[str, Any], splits: Any) -> None:
+    """One Tune trial: a full TorchTrainer run whose reports Tune sees."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ml.text import fit
+
+    config = TextSearchConfig(**search)
+    context = ray.tune.get_context()
+    fit(
+        splits,
+        text_config(config, point),
+        storage_path=str(Path(context.get_trial_dir()) / "train"),
+        run_name=f"trial-{context.get_trial_id()}",
+        callbacks=[TuneReportCallback()],
+    )
+
+
+def _default_point() -> dict[str, Any]:
+    from ml.text import TextConfig
+
+    default = TextConfig()
+    return {k: getattr(default, k) for k in TUNED}
+
+
+def run_text_search(
+    search: TextSearchConfig | None = None, resume_name: str | None = None, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Run (or resume) a search, register its best trial; returns the summary as a dict."""
+    from mlflow import MlflowClient
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from ml import registry
+    from ml.experiment import TASK_MODEL_NAMES, train_text
+    from ml.text_tasks import load_task
+
+    if (search is None) == (resume_name is None):
+        raise ValueError("give either a new search config or the name of a search to resume")
+    registry.configure(settings)
+    client = MlflowClient()
+    if resume_name is not None:
+        path = check_resumable(resume_name, settings)
+        saved = json.loads((path / SEARCH_FILE).read_text())
+        search = TextSearchConfig(**saved["config"])
+        experiment_id, parent_run_id = saved["experiment_id"], saved["parent_run_id"]
+    else:
+        assert search is not None
+        path = check_new(search.name, settings)
+    splits = load_task(
+        search.task,
+        features=search.features,
+        datasets=search.datasets,
+        sample=search.sample,
+        seed=search.seed,
+    )
+    splits.check()
+    trainable = ray.tune.with_parameters(text_trial, search=search.model_dump(), splits=splits)
+    # The trial itself only waits on its Train run, whose workers hold the CPUs (0 is not allowed).
+    trainable = ray.tune.with_resources(trainable, {"cpu": 0.01})
+    started = time.perf_counter()
+    if resume_name is not None:
+        tuner = ray.tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        model_name = TASK_MODEL_NAMES[search.task]
+        experiment_id = registry.experiment(model_name)
+        parent = client.create_run(
+            experiment_id,
+            run_name=f"search-{search.name}",
+            tags={"kind": "tune-search", "tune_experiment": search.name},
+        )
+        parent_run_id = parent.info.run_id
+        logger = MlflowSearchLogger(
+            experiment_id,
+            parent_run_id,
+            search.name,
+            search.max_steps,
+            params=TUNED,
+            metrics=(METRIC, "valid_accuracy", "train_loss"),
+            time_attr=TIME_ATTR,
+            mode="min",
+        )
+        tuner = ray.tune.Tuner(
+            trainable,
+            param_space=search_space(),
+            tune_config=ray.tune.TuneConfig(
+                metric=METRIC,
+                mode="min",
+                num_samples=search.num_samples,
+                max_concurrent_trials=search.max_concurrent,
+                search_alg=BasicVariantGenerator(
+                    points_to_evaluate=[_default_point()], random_state=search.seed
+                ),
+                scheduler=ASHAScheduler(
+                    time_attr=TIME_ATTR,
+                    max_t=search.max_steps,
+                    grace_period=min(search.grace_period or search.eval_every, search.max_steps),
+                    reduction_factor=search.reduction_factor,
+                ),
+            ),
+            run_config=ray.tune.RunConfig(
+                name=path.name, storage_path=str(path.parent), callbacks=[logger], verbose=1
+            ),
+        )
+        (path / SEARCH_FILE).write_text(
+            json.dumps(
+                {
+                    "config": search.model_dump(),
+                    "experiment_id": experiment_id,
+                    "parent_run_id": parent_run_id,
+                    "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                },
+                indent=2,
+            )
+        )
+    grid = tuner.fit()
+    seconds = time.perf_counter() - started
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        rows.append(
+            {
+                "trial_id": metrics.get("trial_id"),
+                METRIC: metrics.get(METRIC),
+                "steps": metrics.get(TIME_ATTR),
+                "error": result.error is not None,
+                **{k: (result.config or {}).get(k) for k in TUNED},
+                "checkpoint": result.checkpoint.path if result.checkpoint else None,
+            }
+        )
+    trials = pd.DataFrame(rows).sort_values(METRIC, na_position="last").reset_index(drop=True)
+    if len(grid) < search.num_samples or any(
+        r.error is None and not (r.metrics or {}).get("done") for r in grid
+    ):
+        client.set_terminated(parent_run_id, "KILLED")
+        raise SearchInterrupted(search.name, path)
+    best = trials.dropna(subset=[METRIC, "checkpoint"])
+    if best.empty:
+        client.set_terminated(parent_run_id, "FAILED")
+        raise SearchError(f"search {search.name!r}: no trial finished with a checkpoint")
+    top = best.iloc[0]
+    client.log_metric(parent_run_id, f"best_{METRIC}", float(top[METRIC]))
+    out: dict[str, Any] = {
+        "search": search.name,
+        "path": str(path),
+        "trials": len(trials),
+        "seconds": seconds,
+        "best": {k: top[k] for k in (METRIC, "steps", *TUNED, "trial_id")},
+        "table": format_table(trials.drop(columns=["checkpoint"]), top_k=5),
+    }
+    if search.register:
+        tags = {
+            "tune_experiment": search.name,
+            "tune_parent_run_id": parent_run_id,
+            "tune_trial_id": str(top["trial_id"]),
+            "tune_trials": str(len(trials)),
+        }
+        result = train_text(
+            search.task,
+            text_config(search, top.to_dict()),
+            features=search.features,
+            datasets=search.datasets,
+            register=True,
+            n_boot=search.n_boot,
+            sample=search.sample,
+            trained_checkpoint=str(top["checkpoint"]),
+            tags=tags,
+        )
+        out["registered"] = result.get("registered")
+        out["test"] = {k: v for k, v in result.items() if k.startswith("test_") and not k.endswith("_ci")}
+    client.set_terminated(parent_run_id, "FINISHED")
+    return out
