@@ -1,0 +1,1 @@
+"""Ray Tune hyperparameter searches (`python -m tune ...`)."""

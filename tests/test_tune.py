@@ -1,0 +1,335 @@
+"""Ray Tune search of the XGBoost model: ASHA stops weak trials, MLflow gets a parent run with a child
+per trial, the best configuration is registered with its provenance, an interrupted search resumes
+without redoing finished trials, and the command works as a `ray job submit` job on its own head."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray.tune
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Small and fast: 40 rounds at most, a report (and checkpoint) every 10, ASHA rungs at 10 and 20.
+FAST = {
+    "max_rounds": 40,
+    "report_every": 10,
+    "checkpoint_every": 10,
+    "grace_period": 10,
+    "reduction_factor": 2,
+    "n_boot": 50,
+}
+
+
+def _no_split_point() -> dict:
+    """A configuration whose trees cannot split (min_child_weight above the data's total hessian):
+    every prediction is the same, so its validation AUROC is exactly 0.5."""
+    from tune.xgboost_search import default_point
+
+    return {**default_point(), "min_child_weight": 1e9}
+
+
+@pytest.fixture(scope="module")
+def tune_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private data dir: the sqlite MLflow db, its artifacts and the Tune experiments."""
+    home = tmp_path_factory.mktemp("tune-home")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MEDISCALE_DATA_DIR", str(home))
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield home
+
+
+@pytest.fixture(scope="module")
+def searched(ray_cluster: object, synthetic_features: Path, tune_home: Path) -> dict:
+    """A 4-trial search run one trial at a time, so ASHA's decisions do not depend on timing: the
+    default configuration reaches the 10-round rung first, and the no-split trial after it is below
+    the rung's cut-off (the median of the two) and must be stopped there."""
+    from tune.xgboost_search import SearchConfig, tune_xgboost
+
+    config = SearchConfig(
+        features=str(synthetic_features),
+        name="tiny",
+        num_samples=4,
+        max_concurrent=1,
+        points=[_no_split_point()],
+        **FAST,
+    )
+    started = time.perf_counter()
+    result = tune_xgboost(config)
+    result["_seconds"] = time.perf_counter() - started
+    return result
+
+
+def test_asha_stops_weak_trials_and_the_best_is_registered(searched: dict) -> None:
+    assert searched["trials"] == 4 and searched["trials_errored"] == 0
+    rows = {row["trial_id"]: row for row in searched["top"]}
+    assert len(rows) == 4
+    no_split = next(r for r in rows.values() if r["min_child_weight"] == 1e9)
+    assert no_split["valid_auroc"] == pytest.approx(0.5)
+    assert no_split["stopped_by"] == "asha" and no_split["rounds_run"] == 10
+    assert searched["rounds_run"] < 4 * FAST["max_rounds"]
+    assert 0 < searched["rounds_fraction_run"] < 1
+    assert all(r["rounds_run"] % 10 == 0 or r["stopped_by"] == "early_stopping" for r in rows.values())
+    # the best is the top row, beats chance, and its retrained model is the registered challenger
+    assert searched["best_trial_id"] == searched["top"][0]["trial_id"]
+    assert searched["best_valid_auroc"] == max(r["valid_auroc"] for r in rows.values()) > 0.6
+    assert set(searched["best_params"]) >= {"learning_rate", "max_depth", "scale_pos_weight"}
+    assert 1 <= searched["best_round"] <= FAST["max_rounds"]
+    assert searched["registered_version"] == "1" and "challenger" in searched["registered"]["aliases"]
+    assert searched["test_auroc"] > 0.55
+
+
+def test_mlflow_parent_run_child_per_trial_and_version_provenance(searched: dict) -> None:
+    from mlflow import MlflowClient
+
+    from ml import registry
+
+    registry.configure()
+    client = MlflowClient()
+    parent = client.get_run(searched["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["tune_experiment"] == "tiny"
+    assert parent.data.metrics["best_valid_auroc"] == pytest.approx(searched["best_valid_auroc"])
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    trials = [r for r in children if r.data.tags.get("kind") == "tune-trial"]
+    assert sorted(r.data.tags["tune_trial_id"] for r in trials) == sorted(
+        t["trial_id"] for t in searched["top"]
+    )
+    assert all(r.info.status == "FINISHED" for r in trials)
+    for run in trials:
+        assert {"learning_rate", "max_depth", "max_rounds"} <= set(run.data.params)
+        history = client.get_metric_history(run.info.run_id, "valid_auroc")
+        assert min(m.step for m in history) == 10  # one point per report, stepped by boosting round
+        assert run.data.metrics["rounds_run"] == max(m.step for m in history)
+    retrain = [r for r in children if r.data.tags.get("kind") == "tune-retrain"]
+    assert [r.info.run_id for r in retrain] == [searched["retrain_run_id"]]
+
+    version = client.get_model_version("readmission-tabular", searched["registered_version"])
+    assert version.run_id == searched["retrain_run_id"]
+    assert version.tags["tune_experiment"] == "tiny"
+    assert version.tags["tune_parent_run_id"] == searched["parent_run_id"]
+    assert version.tags["tune_trial_id"] == searched["best_trial_id"]
+    assert version.tags["tune_num_trials"] == "4"
+
+
+class InterruptOnce(ray.tune.Callback):
+    """Presses Ctrl+C (SIGUSR1, which Tune handles the same way) once, when the first trial has
+    finished. Tune pickles callbacks with the experiment and restores them on resume, so the
+    once-only memory is a file, not an attribute."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        if not os.path.exists(self.marker):
+            Path(self.marker).write_text(trial.trial_id)
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def _result_lines(experiment: Path) -> dict[str, int]:
+    """Trial id -> number of results in its result.json (grows if a trial runs again)."""
+    return {
+        d.name.removeprefix("trial_"): len((d / "result.json").read_text().splitlines())
+        for d in experiment.glob("trial_*")
+        if (d / "result.json").exists()
+    }
+
+
+def test_interrupted_search_resumes_without_redoing_finished_trials(
+    ray_cluster: object, synthetic_features: Path, tune_home: Path, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    from tune.xgboost_search import SearchConfig, SearchInterrupted, run_search
+
+    config = SearchConfig(features=str(synthetic_features), name="resumable", num_samples=3, max_concurrent=1,
+                          **FAST)  # fmt: skip
+    marker = tmp_path / "interrupted"
+    with pytest.raises(SearchInterrupted, match="--resume --name resumable"):
+        run_search(config, callbacks=[InterruptOnce(marker)])
+    experiment = tune_home / "tune" / "resumable"
+    first = marker.read_text()
+    before = _result_lines(experiment)
+    assert first in before
+
+    outcome = run_search(resume_name="resumable")
+    assert outcome.resumed and len(outcome.trials) == 3 and not outcome.trials["error"].any()
+    after = _result_lines(experiment)
+    assert after[first] == before[first]  # the finished trial did not run again
+    assert len(after) == 3
+
+    client = MlflowClient()
+    children = client.search_runs(
+        [outcome.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'"
+    )
+    assert sorted(r.data.tags["tune_trial_id"] for r in children) == sorted(outcome.trials["trial_id"])
+    assert all(r.info.status == "FINISHED" for r in children)
+
+
+def test_search_defaults_match_the_model() -> None:
+    from ml.experiment import TABULAR_MODEL
+    from ml.tabular import TabularConfig
+    from tune.xgboost_search import SearchConfig, default_point, search_space
+
+    assert SearchConfig.model_fields["model_name"].default == TABULAR_MODEL
+    assert set(default_point()) == set(search_space()) <= set(TabularConfig.model_fields)
+
+
+def test_cli_refuses_bad_input_before_starting_ray(tmp_path: Path) -> None:
+    env = {**os.environ, "MEDISCALE_DATA_DIR": str(tmp_path)}
+    env.pop("RAY_ADDRESS", None)
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tune", "xgboost", *args], capture_output=True,
+                              text=True, env=env, timeout=120)  # fmt: skip
+
+    missing = cli("--features", str(tmp_path / "nope"), "--num-samples", "2")
+    assert missing.returncode == 2 and "manifest.json" in missing.stderr and "Traceback" not in missing.stderr
+    nothing = cli("--resume", "--name", "never-ran")
+    assert nothing.returncode == 2 and "never-ran" in nothing.stderr
+
+
+# --------------------------------------------------------------------------- ray job submit
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _leftovers(temp_dir: str, pgid: int) -> list[int]:
+    """Processes of one test head: in its process group (workers rename themselves `ray::...`) or
+    naming its temp dir in their arguments."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if os.getpgid(proc.info["pid"]) == pgid or any(temp_dir in a for a in proc.info["cmdline"] or []):
+                found.append(proc.info["pid"])
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return found
+
+
+def _start_head() -> tuple[subprocess.Popen, str, str]:
+    """`ray start --head --block` with the dashboard (Jobs API), in its own process group and temp
+    dir; returns (process, temp dir, dashboard address) once the Jobs API answers."""
+    from ray.job_submission import JobSubmissionClient
+
+    temp_dir = tempfile.mkdtemp(prefix="msray", dir="/tmp")  # short: Ray's socket paths have a limit
+    ports = {
+        name: _free_port() for name in ("port", "dashboard-port", "ray-client-server-port",
+                                        "dashboard-agent-listen-port")
+    }  # fmt: skip
+    bin_dir = Path(sys.executable).parent
+    command = [str(bin_dir / "ray"), "start", "--head", "--block", "--num-cpus=2", "--disable-usage-stats",
+               "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
+               f"--temp-dir={temp_dir}", *(f"--{name}={port}" for name, port in ports.items())]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"  # no 30 s drain wait on SIGTERM: nothing to drain
+    log_path = Path(temp_dir) / "ray-start.log"
+    with open(log_path, "w") as log_file:
+        head = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+    address = f"http://127.0.0.1:{ports['dashboard-port']}"
+    deadline = time.monotonic() + 180
+    while True:
+        if head.poll() is not None:
+            lines = log_path.read_text().splitlines()
+            errors = [line for line in lines if "rror" in line or "xception" in line or "timed out" in line]
+            _stop_head(head, temp_dir)
+            raise RuntimeError("ray start exited:\n" + "\n".join((errors or lines)[-20:]))
+        try:
+            JobSubmissionClient(address).list_jobs()
+            return head, temp_dir, address
+        except Exception:
+            if time.monotonic() > deadline:
+                _stop_head(head, temp_dir)
+                raise
+            time.sleep(2)
+
+
+def _stop_head(head: subprocess.Popen, temp_dir: str) -> None:
+    """SIGTERM to that one `ray start` process (it shuts its own processes down), then kill whatever
+    is left in its process group or names its temp dir. Never `ray stop`: it stops every Ray on the
+    machine, the session's test cluster too."""
+    if head.poll() is None:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)  # still alive, so still our own group (start_new_session)
+            head.wait(timeout=10)
+    for pid in _leftovers(temp_dir, head.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_head() -> Iterator[str]:
+    """A separate Ray head for `ray job submit`. Its address is written only in its own temp dir, so
+    no other `ray.init()` on the machine joins it. On a very busy machine `ray start` can time out
+    waiting for its raylet (a fixed 30 s in Ray), so a failed start is retried once."""
+    try:
+        head, temp_dir, address = _start_head()
+    except RuntimeError:
+        head, temp_dir, address = _start_head()
+    try:
+        yield address
+    finally:
+        _stop_head(head, temp_dir)
+
+
+def test_ray_job_submit_runs_the_search_on_a_cluster(
+    ray_head: str, synthetic_features: Path, tmp_path: Path
+) -> None:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(ray_head)
+    out = tmp_path / "result.json"
+    entrypoint = (
+        f"{sys.executable} -m tune xgboost --features {synthetic_features} --num-samples 2 --max-rounds 20 "
+        f"--report-every 10 --name job --n-boot 50 --json-out {out}"
+    )
+    job_id = client.submit_job(
+        entrypoint=entrypoint,
+        runtime_env={
+            # The repo as the job's working dir; .gitignore'd folders (.venv, artifacts) are left out
+            # by Ray anyway, the list makes it explicit.
+            "working_dir": str(REPO_ROOT),
+            "excludes": [".venv", "artifacts", ".git", "**/__pycache__", ".pytest_cache", ".ruff_cache"],
+            "env_vars": {"MEDISCALE_DATA_DIR": str(tmp_path / "data"), "MLFLOW_DISABLE_TELEMETRY": "true"},
+        },
+    )
+    deadline = time.monotonic() + 600
+    while (status := client.get_job_status(job_id)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED,
+                                                           JobStatus.STOPPED}:  # fmt: skip
+        if time.monotonic() > deadline:
+            client.stop_job(job_id)  # its driver is not in the head's process group
+            pytest.fail(f"job did not finish in time:\n{client.get_job_logs(job_id)[-3000:]}")
+        time.sleep(2)
+    logs = client.get_job_logs(job_id)
+    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    assert job_id in [job.submission_id for job in client.list_jobs()]  # what the dashboard's Jobs page shows
+    result = json.loads(out.read_text())
+    assert result["trials"] == 2 and result["registered_version"] == "1"
+    assert result["path"] == str((tmp_path / "data" / "tune" / "job").resolve())
+    assert "best trials:" in logs and '"best_valid_auroc"' in logs

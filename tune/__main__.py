@@ -1,0 +1,3 @@
+from tune.cli import app
+
+app(prog_name="python -m tune")
