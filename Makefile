@@ -17,7 +17,7 @@ NOTE_ARGS := --task readmission --features $(DATA_DIR)/features --register --sam
 CURL_EXAMPLE := curl -s localhost:8000/predict -H 'content-type: application/json' \
 	-d '{"age": 67, "blood_pressure": 140, "clinical_note": "Patient presents with chest pain..."}'
 
-.PHONY: run models serve venv data test lint format bench-data bench-tabular bench-text clean \
+.PHONY: run models serve venv data test lint format bench-data bench-tabular bench-text bench-tune bench-serve tune clean \
 	render deploy-check image image-gpu
 REGISTRY ?= registry.example.com
 RAY_VERSION := $(shell sed -n 's/^ARG RAY_VERSION=//p' Dockerfile)
@@ -81,6 +81,15 @@ format: venv
 
 bench-data: venv
 	$(BIN)/python bench/data_pipeline.py --json bench/results/data_pipeline.json
+
+tune: data
+	$(BIN)/python -m tune xgboost --features $(DATA_DIR)/features --num-samples 16 --json-out $(DATA_DIR)/models/tune_xgboost.json
+
+bench-tune: venv
+	$(BIN)/python bench/tune_xgboost.py --json bench/results/tune_xgboost.json
+
+bench-serve: venv
+	$(BIN)/python bench/serve_load.py --json bench/results/serve_load.json
 
 bench-text: venv data
 	$(BIN)/python bench/text_train.py --json bench/results/text_train.json

@@ -222,8 +222,12 @@ class NoteScorer:
         self, model_name: str = NOTE_MODEL, data_dir: str | None = None, loader: ModelLoader | None = None
     ):
         import torch
+        import transformers
 
         torch.set_num_threads(_threads())
+        # transformers imports lazily and not thread-safely: resolve the classes the loader
+        # threads need here, once, before two loads can race.
+        _ = transformers.AutoModelForSequenceClassification, transformers.AutoTokenizer
         self.loader = loader or RegistryLoader(data_dir)
         self.models = _ModelCache(lambda version: self.loader.note(model_name, version))
 

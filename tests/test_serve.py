@@ -12,12 +12,8 @@ import httpx
 import pytest
 
 from serve.app import (
-    Combiner,
     NoteBatchConfig,
-    NoteScorer,
-    Router,
     RouterConfig,
-    TabularScorer,
     pick_variant,
 )
 
@@ -37,20 +33,40 @@ def _free_port() -> int:
 
 
 QUARTER_CPU = {"num_cpus": 0.25}  # two applications side by side fit the 2-CPU test cluster
+DEPLOYED: dict[str, dict] = {}  # what `serve deploy` would hold: every app of the cluster's config
 
 
-def application(args: dict, router: dict):
-    """The same graph as serve.app.build_app, with an explicit Router user_config."""
-    tabular = TabularScorer.options(ray_actor_options=QUARTER_CPU).bind(
-        args["tabular_model"], args["data_dir"]
-    )
-    note = NoteScorer.options(ray_actor_options=QUARTER_CPU, user_config=NoteBatchConfig().model_dump()).bind(
-        args["note_model"], args["data_dir"]
-    )
-    combiner = Combiner.options(ray_actor_options=QUARTER_CPU).bind(tabular, note)
-    return Router.options(ray_actor_options=QUARTER_CPU, user_config=router).bind(
-        combiner, tabular, note, args
-    )
+def app_config(name: str, route_prefix: str, args: dict, router: dict) -> dict:
+    """One application in serve/config.yaml's format: built from `serve.app:build_app` by import
+    path, as `serve deploy` does, so a change of user_config alone reconfigures in place."""
+    return {
+        "name": name,
+        "route_prefix": route_prefix,
+        "import_path": "serve.app:build_app",
+        "args": args,
+        "deployments": [
+            {"name": "TabularScorer", "ray_actor_options": QUARTER_CPU},
+            {"name": "Combiner", "ray_actor_options": QUARTER_CPU},
+            {
+                "name": "NoteScorer",
+                "ray_actor_options": QUARTER_CPU,
+                "user_config": NoteBatchConfig().model_dump(),
+            },
+            {"name": "Router", "ray_actor_options": QUARTER_CPU, "user_config": router},
+        ],
+    }
+
+
+def deploy(config: dict | None = None, remove: str | None = None) -> None:
+    """Apply the whole multi-application config (what `serve deploy serve/config.yaml` does)."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    if config:
+        DEPLOYED[config["name"]] = config
+    if remove:
+        DEPLOYED.pop(remove, None)
+    _get_global_client().deploy_apps(ServeDeploySchema(applications=list(DEPLOYED.values())), _blocking=True)
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +96,8 @@ ROUTER = {"variants": TEST_VARIANTS, "shadow": True, "alias_refresh_s": 1.0}
 
 @pytest.fixture(scope="module")
 def base_url(serve_port: int, app_args: dict) -> str:
-    from ray import serve
 
-    serve.run(application(app_args, ROUTER), name="mediscale", route_prefix="/")
+    deploy(app_config("mediscale", "/", app_args, ROUTER))
     return f"http://127.0.0.1:{serve_port}"
 
 
@@ -158,21 +173,22 @@ def test_shadow_scores_are_logged_but_never_returned(client: httpx.Client, store
     assert "shadow" not in body
     deadline = time.time() + 30
     row = store.get(body["request_id"])
-    while row.get("shadow_risk") is None and time.time() < deadline:
+    while row["shadow"] is None and time.time() < deadline:
         time.sleep(0.5)
         row = store.get(body["request_id"])
-    assert row["shadow_risk"] is not None and row["shadow_variant"] != body["variant"]
+    assert row["shadow"] is not None and row["shadow"]["variant"] != body["variant"]
+    assert 0 <= row["shadow"]["risk"] <= 1
 
 
 def test_feedback_is_joined_unknown_is_404_and_second_is_409(client: httpx.Client, store) -> None:
     rid = client.post("/predict", json={"age": 61}).json()["request_id"]
     ok = client.post("/feedback", json={"request_id": rid, "outcome": True})
     assert ok.status_code == 200 and ok.json()["outcome"] is True
-    assert store.get(rid)["outcome"] is True
+    assert store.get(rid)["feedback"]["outcome"] is True
     assert client.post("/feedback", json={"request_id": "never-seen", "outcome": False}).status_code == 404
     second = client.post("/feedback", json={"request_id": rid, "outcome": False})
     assert second.status_code == 409
-    assert store.get(rid)["outcome"] is True
+    assert store.get(rid)["feedback"]["outcome"] is True
 
 
 def test_variants_healthz_and_docs(client: httpx.Client) -> None:
@@ -262,7 +278,6 @@ def _router_pid(client: httpx.Client) -> int:
 def test_weight_and_version_changes_reconfigure_in_place_without_failures(
     base_url: str, client: httpx.Client, app_args: dict
 ) -> None:
-    from ray import serve
 
     pid = _router_pid(client)
     everyone_challenger = {
@@ -281,14 +296,14 @@ def test_weight_and_version_changes_reconfigure_in_place_without_failures(
         },
     }
     with Hammer(base_url) as hammer:
-        serve.run(application(app_args, everyone_challenger), name="mediscale", route_prefix="/")
+        deploy(app_config("mediscale", "/", app_args, everyone_challenger))
         time.sleep(3)
-        serve.run(application(app_args, pinned), name="mediscale", route_prefix="/")
+        deploy(app_config("mediscale", "/", app_args, pinned))
         time.sleep(3)
     assert set(hammer.statuses) == {200}, hammer.statuses
     assert hammer.versions[("challenger", "1")] > 0 and hammer.versions[("challenger", "2")] > 0
     assert _router_pid(client) == pid  # reconfigured, not restarted
-    serve.run(application(app_args, ROUTER), name="mediscale", route_prefix="/")
+    deploy(app_config("mediscale", "/", app_args, ROUTER))
     assert client.get("/variants").json()["variants"]["champion"]["weight"] == 0.9
 
 
@@ -317,10 +332,9 @@ def test_promotion_in_the_registry_reaches_the_service(
 
 
 def test_a_model_that_fails_to_load_makes_healthz_and_predict_503(serve_port: int, app_args: dict) -> None:
-    from ray import serve
 
     args = {**app_args, "note_model": "no-such-note-model"}
-    serve.run(application(args, {**ROUTER, "shadow": False}), name="broken", route_prefix="/broken")
+    deploy(app_config("broken", "/broken", args, {**ROUTER, "shadow": False}))
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{serve_port}/broken", timeout=60) as http:
             health = http.get("/healthz")
@@ -328,28 +342,23 @@ def test_a_model_that_fails_to_load_makes_healthz_and_predict_503(serve_port: in
             reply = http.post("/predict", json=EXAMPLE)
             assert reply.status_code == 503 and "Traceback" not in reply.text
     finally:
-        serve.delete("broken")
+        deploy(remove="broken")
 
 
 def test_postgres_store_end_to_end(serve_port: int, app_args: dict, postgres_url: str) -> None:
-    from ray import serve
 
     from serve.store import PredictionStore
 
-    serve.run(
-        application({**app_args, "store_url": postgres_url}, {**ROUTER, "shadow": False}),
-        name="pg",
-        route_prefix="/pg",
-    )
+    deploy(app_config("pg", "/pg", {**app_args, "store_url": postgres_url}, {**ROUTER, "shadow": False}))
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{serve_port}/pg", timeout=60) as http:
             rid = http.post("/predict", json=EXAMPLE).json()["request_id"]
             assert http.post("/feedback", json={"request_id": rid, "outcome": False}).status_code == 200
         with PredictionStore(postgres_url) as db:
             row = db.get(rid)
-        assert row is not None and row["outcome"] is False and row["variant"] in TEST_VARIANTS
+        assert row is not None and row["feedback"]["outcome"] is False and row["variant"] in TEST_VARIANTS
     finally:
-        serve.delete("pg")
+        deploy(remove="pg")
 
 
 # --------------------------------------------------------------------------- code

@@ -71,7 +71,7 @@ class TextSearchConfig(BaseModel):
     cpus_per_worker: int = 1
     use_gpu: bool = False
     seed: int = 0
-    register: bool = True
+    register_best: bool = True
     n_boot: int = Field(500, ge=10)
 
 
@@ -190,7 +190,6 @@ def run_text_search(
                 metric=METRIC,
                 mode="min",
                 num_samples=search.num_samples,
-                max_concurrent_trials=search.max_concurrent,
                 search_alg=BasicVariantGenerator(
                     points_to_evaluate=[_default_point()], random_state=search.seed
                 ),
@@ -251,7 +250,7 @@ def run_text_search(
         "best": {k: top[k] for k in (METRIC, "steps", *TUNED, "trial_id")},
         "table": format_table(trials.drop(columns=["checkpoint"]), top_k=5),
     }
-    if search.register:
+    if search.register_best:
         tags = {
             "tune_experiment": search.name,
             "tune_parent_run_id": parent_run_id,
