@@ -3,13 +3,15 @@
 One trial = one `ml.text.fit` run: a Ray Train `TorchTrainer` inside a Tune trial, its reports
 forwarded to Tune by `TuneReportCallback`. Unlike the XGBoost search (one in-process booster
 per CPU), a note-model trial is itself data parallel and GPU-ready, so each trial keeps the
-production training loop; on a small machine run one trial at a time (`max_concurrent`).
+production training loop. On a small machine run one trial at a time (`max_concurrent`): a
+trial holds a sliver of a CPU and its Train workers the rest, so two trials whose workers do
+not both fit would wait on each other for ever.
 
 Search space (`search_space()`): learning_rate loguniform(1e-5, 3e-4), batch_size in
-{8, 16, 32}, warmup_ratio uniform(0, 0.2), weight_decay in {0, 0.01, 0.1}. The first trial is
-the `TextConfig` default. Each trial reports validation loss every `eval_every` optimizer steps
-(with a checkpoint); ASHA stops trials on `valid_loss` (mode min, `time_attr="step"`). Fewer
-reports are cheaper; each costs an evaluation pass over the validation split.
+{8, 16, 32}, warmup_ratio uniform(0, 0.2), weight_decay in {0, 0.01, 0.1}. Each trial reports
+validation loss every `eval_every` optimizer steps (with a checkpoint); ASHA stops trials on
+`valid_loss` (mode min, `time_attr="step"`). Fewer reports are cheaper; each costs an
+evaluation pass over the validation split.
 
 The experiment lives in `<data dir>/tune/<name>` (`--resume` continues it with Tuner.restore).
 MLflow: a parent run for the search, one child run per trial, written by the driver (the same
@@ -28,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import ray
 import ray.tune
@@ -119,20 +122,12 @@ def text_trial(point: dict[str, Any], search: dict[str, Any], splits: Any) -> No
     )
 
 
-def _default_point() -> dict[str, Any]:
-    from ml.text import TextConfig
-
-    default = TextConfig()
-    return {k: getattr(default, k) for k in TUNED}
-
-
 def run_text_search(
     search: TextSearchConfig | None = None, resume_name: str | None = None, settings: Settings | None = None
 ) -> dict[str, Any]:
     """Run (or resume) a search, register its best trial; returns the summary as a dict."""
     from mlflow import MlflowClient
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from ml import registry
     from ml.experiment import TASK_MODEL_NAMES, train_text
@@ -162,6 +157,7 @@ def run_text_search(
     # The trial itself only waits on its Train run, whose workers hold the CPUs (0 is not allowed).
     trainable = ray.tune.with_resources(trainable, {"cpu": 0.01})
     started = time.perf_counter()
+    np.random.seed(search.seed)  # Tune's random sampling draws from numpy's global generator
     if resume_name is not None:
         tuner = ray.tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
     else:
@@ -190,9 +186,7 @@ def run_text_search(
                 metric=METRIC,
                 mode="min",
                 num_samples=search.num_samples,
-                search_alg=BasicVariantGenerator(
-                    points_to_evaluate=[_default_point()], random_state=search.seed
-                ),
+                max_concurrent_trials=search.max_concurrent,
                 scheduler=ASHAScheduler(
                     time_attr=TIME_ATTR,
                     max_t=search.max_steps,
