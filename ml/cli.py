@@ -22,6 +22,17 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logg
     setup_logging(verbose)
 
 
+def emit_json(result: dict, path: Path | None) -> None:
+    """Print a command's JSON result on stdout and, if asked, also write it to `path`."""
+    from ml.experiment import as_json
+
+    text = as_json(result)
+    typer.echo(text)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
 def _scale_pos_weight(value: str | None) -> float | str | None:
     if value is None or value == "auto":
         return value
@@ -50,7 +61,6 @@ def train_tabular(
     seed: int = typer.Option(0),
 ) -> None:
     """Train the XGBoost readmission model on Ray Train, evaluate, log to MLflow."""
-    from ml.experiment import as_json
     from ml.experiment import train_tabular as run
     from ml.tabular import TabularConfig
 
@@ -67,11 +77,7 @@ def train_tabular(
     )
     init_ray()
     result = run(features, config, register=register, model_name=model_name, n_boot=n_boot)
-    text = as_json(result)
-    typer.echo(text)
-    if metrics_out:
-        metrics_out.parent.mkdir(parents=True, exist_ok=True)
-        metrics_out.write_text(text)
+    emit_json(result, metrics_out)
 
 
 @app.command("train-notes")
@@ -106,7 +112,7 @@ def train_notes(
     seed: int = typer.Option(0),
 ) -> None:
     """Fine-tune the note model on Ray Train (TorchTrainer), evaluate, log to MLflow."""
-    from ml.experiment import as_json, train_text
+    from ml.experiment import train_text
     from ml.text import TextConfig
     from ml.text_tasks import TASKS
 
@@ -141,11 +147,7 @@ def train_notes(
         sample=sample,
         resume_from=resume_from,
     )
-    text = as_json(result)
-    typer.echo(text)
-    if metrics_out:
-        metrics_out.parent.mkdir(parents=True, exist_ok=True)
-        metrics_out.write_text(text)
+    emit_json(result, metrics_out)
 
 
 @registry_app.command("list")

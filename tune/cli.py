@@ -43,13 +43,9 @@ def _default_name(model: str) -> str:
 
 
 def _emit(result: dict, json_out: Path | None) -> None:
-    from ml.experiment import as_json
+    from ml.cli import emit_json
 
-    text = as_json(result)
-    typer.echo(text)
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(text)
+    emit_json(result, json_out)
 
 
 @app.command("xgboost")

@@ -42,8 +42,8 @@ from tune.xgboost_search import (
     SearchError,
     SearchInterrupted,
     check_new,
-    check_resumable,
     format_table,
+    load_saved_search,
 )
 
 log = logging.getLogger(__name__)
@@ -138,8 +138,7 @@ def run_text_search(
     registry.configure(settings)
     client = MlflowClient()
     if resume_name is not None:
-        path = check_resumable(resume_name, settings)
-        saved = json.loads((path / SEARCH_FILE).read_text())
+        path, saved = load_saved_search(resume_name, settings)
         search = TextSearchConfig(**saved["config"])
         experiment_id, parent_run_id = saved["experiment_id"], saved["parent_run_id"]
     else:

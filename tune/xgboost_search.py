@@ -175,6 +175,12 @@ def check_resumable(name: str, settings: Settings | None = None) -> Path:
     return path
 
 
+def load_saved_search(name: str, settings: Settings | None = None) -> tuple[Path, dict[str, Any]]:
+    """(folder, search.json) of a resumable search: its config, MLflow experiment and parent run."""
+    path = check_resumable(name, settings)
+    return path, json.loads((path / SEARCH_FILE).read_text())
+
+
 def check_new(name: str, settings: Settings | None = None) -> Path:
     """The folder for a new search `name`; a SearchError if a search of that name exists."""
     path = tune_root(settings) / name
@@ -568,8 +574,7 @@ def run_search(
     registry.configure(settings)
     client = MlflowClient()
     if resume_name is not None:
-        path = check_resumable(resume_name, settings)
-        saved = json.loads((path / SEARCH_FILE).read_text())
+        path, saved = load_saved_search(resume_name, settings)
         config = SearchConfig(**saved["config"])
         experiment_id, parent_run_id = saved["experiment_id"], saved["parent_run_id"]
         client.update_run(parent_run_id, status="RUNNING")
