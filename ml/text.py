@@ -590,6 +590,13 @@ def tokenized_dataset(frame: pd.DataFrame, labels: list[str], config: TextConfig
     ).materialize()
 
 
+def tokenized_datasets(splits: TextSplits, config: TextConfig) -> dict:
+    return {
+        split: tokenized_dataset(getattr(splits, split), splits.labels, config)
+        for split in ("train", "valid")
+    }
+
+
 def class_weights(frame: pd.DataFrame, labels: list[str]) -> list[float]:
     counts = frame["label"].astype(str).value_counts()
     n, k = len(frame), len(labels)
@@ -603,12 +610,14 @@ def fit(
     run_name: str | None = None,
     resume_from: str | None = None,
     callbacks: list | None = None,
+    datasets: dict | None = None,
 ) -> TextTrainResult:
     """Fine-tune on `splits.train` with TorchTrainer; returns the final model as a predictor.
 
     `resume_from` is a checkpoint (folder or URI the workers can read) of an earlier run with the
     same labels: training continues from its step (optimizer and schedule included).
     `callbacks` go to Ray Train's RunConfig (e.g. Tune's TuneReportCallback inside a trial).
+    `datasets` are `tokenized_datasets(splits, config)` made earlier (a search tokenizes once).
     """
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -617,10 +626,7 @@ def fit(
     splits.check()
     tokenizer = load_tokenizer(config.model)  # fails fast, before any worker starts
     t0 = time.perf_counter()
-    datasets = {
-        "train": tokenized_dataset(splits.train, splits.labels, config),
-        "valid": tokenized_dataset(splits.valid, splits.labels, config),
-    }
+    datasets = datasets or tokenized_datasets(splits, config)
     loop_config = {
         **config.model_dump(),
         "labels": splits.labels,
