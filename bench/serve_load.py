@@ -12,7 +12,13 @@ Three things are measured in the same run, so a noisy shared machine affects the
   combiner, and writes one row to its own SQLite store through serve.store.PredictionStore. The
   endpoint is a sync `def`, so FastAPI runs it in its thread pool; torch uses 2 threads.
 - `ceiling`: model compute only, in this process, no HTTP, no store: features + tabular risk and
-  contributions + note risk + combiner on batches of 8, 16 and 32 records; the best is reported.
+  contributions + note risk + combiner on batches of 8, 16 and 32 records, measured before and
+  after the load windows; the best is reported.
+
+Per window the report also has each server's CPU use from /proc (its process tree: for Serve every
+Ray process of this run) and CPU ms per answered request, which the other jobs on the machine
+distort much less than rps; and, for Serve, Ray's own metrics (time per deployment, NoteScorer
+batches and mean batch size) and the replica counts seen (serve.status() every second).
 
 The load generator is this process (asyncio + httpx, one connection per concurrent client, a
 closed loop: each client sends its next request when the previous one is answered), with a
@@ -307,7 +313,7 @@ def with_values(factors: list[list[dict]], rows: list[dict]) -> list[list[dict]]
 
 
 class ValuesPredictor:
-    """A TabularPredictor whose `explain` also gives each factor's value (workaround B)."""
+    """A TabularPredictor whose `explain` also gives each factor's value (the workaround)."""
 
     def __init__(self, predictor: Any):
         self._predictor = predictor
@@ -346,14 +352,14 @@ class ValuesLoader:
 
 
 def explain_lacks_values(tabular) -> bool:
-    """Workaround B is needed: explain() gives no `value` but serve.records.Factor requires one."""
-    import pandas as pd
+    """The workaround is needed: TabularScorer._score of serve/app.py (run here on the loaded model)
+    gives factors without the `value` that serve.records.Factor requires."""
+    from serve.app import TabularScorer
+    from serve.records import Factor, PatientRecord
 
-    from serve.records import Factor
-
-    frame = pd.DataFrame([dict.fromkeys(tabular.feature_names)], columns=list(tabular.feature_names))
-    factor = tabular.explain(frame, top_k=1)[0][0]
-    return "value" not in factor and Factor.model_fields["value"].is_required()
+    [scored] = TabularScorer.func_or_class._score(tabular, [PatientRecord(age=70)], 1)
+    missing = any("value" not in factor for factor in scored["factors"])
+    return missing and Factor.model_fields["value"].is_required()
 
 
 # --------------------------------------------------------------------------- baseline server
