@@ -511,23 +511,33 @@ class PredictionStore:
             "risk": risk,
             "created_at": self._to_db_time(datetime.now(UTC)),
         }
+        if not self._insert_once(shadows, row):
+            log.info("shadow score for %s already stored; kept the first", request_id)
+            return False
+        return True
+
+    def _insert_once(self, table: sa.Table, row: dict[str, Any]) -> bool:
+        """Insert a row keyed by an existing prediction's request_id; False if one is already there.
+
+        Raises UnknownRequest when no prediction has that request_id. The unique key settles a
+        race between two writers: the loser re-checks and reports the row the winner wrote.
+        """
+        request_id = row["request_id"]
         try:
             with self._write() as conn:
                 if not self._exists(conn, predictions, request_id):
                     raise UnknownRequest(f"no prediction with request_id {request_id!r}")
-                if self._exists(conn, shadows, request_id):
-                    log.info("shadow score for %s already stored; kept the first", request_id)
+                if self._exists(conn, table, request_id):
                     return False
-                conn.execute(shadows.insert(), row)
-        except IntegrityError:  # another writer got there between the check and the insert
+                conn.execute(table.insert(), row)
+                return True
+        except IntegrityError:
             with self._engine.connect() as conn:
                 if not self._exists(conn, predictions, request_id):
                     raise UnknownRequest(f"no prediction with request_id {request_id!r}") from None
-                if self._exists(conn, shadows, request_id):
-                    log.info("shadow score for %s already stored; kept the first", request_id)
+                if self._exists(conn, table, request_id):
                     return False
             raise
-        return True
 
     def add_feedback(self, request_id: str, outcome: bool, source: str | None = None) -> dict[str, Any]:
         """Record the observed outcome of a prediction; returns the joined row (as `get`).
@@ -548,22 +558,8 @@ class PredictionStore:
             "source": source,
             "created_at": self._to_db_time(datetime.now(UTC)),
         }
-        try:
-            with self._write() as conn:
-                if not self._exists(conn, predictions, request_id):
-                    raise UnknownRequest(f"no prediction with request_id {request_id!r}")
-                if self._exists(conn, feedback, request_id):
-                    raise DuplicateFeedback(f"feedback for {request_id!r} already stored; the first is kept")
-                conn.execute(feedback.insert(), row)
-        except IntegrityError:  # another writer got there between the check and the insert
-            with self._engine.connect() as conn:
-                if not self._exists(conn, predictions, request_id):
-                    raise UnknownRequest(f"no prediction with request_id {request_id!r}") from None
-                if self._exists(conn, feedback, request_id):
-                    raise DuplicateFeedback(
-                        f"feedback for {request_id!r} already stored; the first is kept"
-                    ) from None
-            raise
+        if not self._insert_once(feedback, row):
+            raise DuplicateFeedback(f"feedback for {request_id!r} already stored; the first is kept")
         log.debug("stored feedback for %s", request_id)
         joined = self.get(request_id)
         assert joined is not None  # predictions are never deleted by the store
