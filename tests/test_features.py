@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -150,15 +151,20 @@ def test_bad_input_fails_clearly_and_writes_nothing(ray_cluster: object, tmp_pat
     assert not [p for p in tmp_path.iterdir() if "staging" in p.name]
 
 
-def test_existing_output_is_kept_unless_overwrite(ray_cluster: object, tmp_path: Path) -> None:
-    _tiny_raw(tmp_path / "raw")
-    build_features(str(tmp_path / "raw"), str(tmp_path / "features"))
+def test_existing_output_is_kept_unless_overwrite(
+    ray_cluster: object, synthetic_features: Path, tmp_path: Path
+) -> None:
+    # an existing feature folder (a copy of the session's, so one build less) is refused ...
+    shutil.copytree(synthetic_features, tmp_path / "features")
     before = (tmp_path / "features" / "manifest.json").read_text()
+    _tiny_raw(tmp_path / "raw")
     with pytest.raises(FileExistsError, match="--overwrite"):
         build_features(str(tmp_path / "raw"), str(tmp_path / "features"))
     assert (tmp_path / "features" / "manifest.json").read_text() == before
+    # ... and replaced with --overwrite: the tiny raw's 5 labelled stays, nothing of the old rows left
     build_features(str(tmp_path / "raw"), str(tmp_path / "features"), overwrite=True)
     assert read_manifest(str(tmp_path / "features"))["created_at"] >= json.loads(before)["created_at"]
+    assert set(_all_splits(str(tmp_path / "features"))["admission_id"]) == {"a1", "a2", "b1", "c1", "c2"}
     with pytest.raises(FeatureFolderError, match="no manifest.json"):
         read_manifest(str(tmp_path / "raw-does-not-exist"))
 

@@ -96,14 +96,23 @@ def test_config_rejects_a_head_longer_than_the_budget() -> None:
         TextConfig(max_length=16, head_tokens=15)
 
 
-def test_unknown_model_name_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No hub: huggingface_hub reads HF_HUB_OFFLINE once, at import, so the constant is patched too
+    (with the variable alone, an earlier import made this test wait ~45 s on network retries)."""
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+def test_unknown_model_name_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    _offline(monkeypatch)
     with pytest.raises(ModelNotFound, match="no-such-org/no-such-model"):
         load_tokenizer("no-such-org/no-such-model")
 
 
 def test_default_model_resolves_offline_to_the_bundled_weights(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _offline(monkeypatch)
     tokenizer = load_tokenizer(TextConfig().model)
     assert tokenizer("chest pain")["input_ids"][0] == tokenizer.cls_token_id
 
@@ -251,10 +260,15 @@ def test_train_notes_cli_refuses_an_unknown_task(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def negex_model(ray_cluster: object, datasets_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """all-MiniLM-L6-v2 fine-tuned for one epoch on NegEx reports 1-64 (the test reports unseen)."""
+    """all-MiniLM-L6-v2 fine-tuned for two epochs on NegEx reports 1-64 (the test reports unseen).
+
+    One epoch was not enough: that model called "<name> denies [shortness of breath] at rest."
+    Affirmed for 6 of 10 subjects (names and "The patient" alike); two epochs get all 40 probes
+    below right (measured 2026-11-22, about 140 s of training here).
+    """
     from ml.text_tasks import negex_splits
 
-    config = TextConfig(max_length=64, head_tokens=16, batch_size=16, epochs=1, learning_rate=1e-4,
+    config = TextConfig(max_length=64, head_tokens=16, batch_size=16, epochs=2, learning_rate=1e-4,
                         cpus_per_worker=2)  # fmt: skip
     return fit(
         negex_splits(datasets_dir), config, storage_path=str(tmp_path_factory.mktemp("negex"))
@@ -267,15 +281,19 @@ def test_denial_is_negated_and_a_report_is_affirmed(negex_model) -> None:
     assert negex_model.predict(texts) == ["Negated", "Affirmed", "Negated", "Affirmed"]
 
 
-@pytest.mark.xfail(
-    reason="found 2026-11-22: the 1-epoch NegEx model called 'Mr. Smith denies [shortness of breath]' "
-    "Negated but the same sentence with other names Affirmed; not fixed yet",
-    strict=False,
-)
-def test_the_patient_name_changes_nothing(negex_model) -> None:
-    names = ["Mr. Smith", "Mrs. Garcia", "Ms. Nguyen", "Mr. Okafor"]
-    texts = [f"{name} denies [shortness of breath] at rest." for name in names]
-    labels = negex_model.predict(texts)
-    assert labels == ["Negated"] * len(names)
+NAMES = ["Mr. Smith", "Mrs. Garcia", "Ms. Nguyen", "Mr. Okafor", "John", "Maria Lopez", "Mr. Chen",
+         "Mrs. Kowalski", "The patient", "Dr. Patel's patient"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [("{name} denies [shortness of breath] at rest.", "Negated"),
+     ("{name} reports [shortness of breath] at rest.", "Affirmed"),
+     ("{name} has no [chest pain].", "Negated"),
+     ("{name} complains of [chest pain].", "Affirmed")],
+)  # fmt: skip
+def test_the_patient_name_changes_nothing(negex_model, template: str, expected: str) -> None:
+    texts = [template.format(name=name) for name in NAMES]
+    assert negex_model.predict(texts) == [expected] * len(NAMES)
     proba = negex_model.predict_proba(texts)[:, negex_model.labels.index("Negated")]
-    assert proba.max() - proba.min() < 0.1
+    assert proba.max() - proba.min() < 0.1, dict(zip(NAMES, proba.round(3), strict=True))

@@ -124,17 +124,20 @@ def test_mlflow_parent_run_child_per_trial_and_version_provenance(searched: dict
 
 
 class InterruptOnce(ray.tune.Callback):
-    """Presses Ctrl+C (SIGUSR1, which Tune handles the same way) once, when the first trial has
+    """Presses Ctrl+C (SIGUSR1, which Tune handles the same way) once, when `after` trials have
     finished. Tune pickles callbacks with the experiment and restores them on resume, so the
-    once-only memory is a file, not an attribute."""
+    once-only memory is a file (one line per finished trial), not an attribute."""
 
-    def __init__(self, marker: Path):
+    def __init__(self, marker: Path, after: int = 1):
         self.marker = str(marker)
+        self.after = after
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        if not os.path.exists(self.marker):
-            Path(self.marker).write_text(trial.trial_id)
-            os.kill(os.getpid(), signal.SIGUSR1)
+        seen = Path(self.marker).read_text().split() if os.path.exists(self.marker) else []
+        if len(seen) < self.after:
+            Path(self.marker).write_text("\n".join([*seen, trial.trial_id]))
+            if len(seen) + 1 == self.after:
+                os.kill(os.getpid(), signal.SIGUSR1)
 
 
 def _result_lines(experiment: Path) -> dict[str, int]:
@@ -159,7 +162,7 @@ def test_interrupted_search_resumes_without_redoing_finished_trials(
     with pytest.raises(SearchInterrupted, match="--resume --name resumable"):
         run_search(config, callbacks=[InterruptOnce(marker)])
     experiment = tune_home / "tune" / "resumable"
-    first = marker.read_text()
+    first = marker.read_text().strip()
     before = _result_lines(experiment)
     assert first in before
 
@@ -175,6 +178,104 @@ def test_interrupted_search_resumes_without_redoing_finished_trials(
     )
     assert sorted(r.data.tags["tune_trial_id"] for r in children) == sorted(outcome.trials["trial_id"])
     assert all(r.info.status == "FINISHED" for r in children)
+
+
+# --------------------------------------------------------------------------- note-model search
+
+# Tiny BERT, 6 optimizer steps, a report every 3: one ASHA rung at step 3.
+TEXT_FAST = {
+    "sample": 160,
+    "max_steps": 6,
+    "eval_every": 3,
+    "max_length": 64,
+    "head_tokens": 16,
+    "n_boot": 20,
+}
+DIVERGING = {"learning_rate": 1.0}  # AdamW at lr 1: validation loss far above the default's
+
+
+@pytest.fixture(scope="module")
+def text_searched(
+    ray_cluster: object, synthetic_features: Path, tiny_bert: Path, tune_home: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict:  # fmt: skip
+    """3 trials one at a time: the default, a diverging one (ASHA must stop it at step 3), a random
+    one. The search is interrupted after the second trial and resumed, so the resumed search must
+    start a trial after an ASHA stop: before the orphan reaper, that trial waited for ever for
+    the CPU still held by the stopped trial's Train workers."""
+    from tune.text_search import TextSearchConfig, run_text_search
+    from tune.xgboost_search import SearchInterrupted
+
+    search = TextSearchConfig(
+        task="readmission", name="notes", features=str(synthetic_features), num_samples=3,
+        points=[DIVERGING], model=str(tiny_bert), **TEXT_FAST,
+    )  # fmt: skip
+    marker = tmp_path_factory.mktemp("interrupt") / "finished"
+    with pytest.raises(SearchInterrupted, match="--resume --name notes"):
+        run_text_search(search, callbacks=[InterruptOnce(marker, after=2)])
+    before = _result_lines(tune_home / "tune" / "notes")
+    out = run_text_search(resume_name="notes")
+    return {**out, "finished_before": marker.read_text().split(), "lines_before": before}
+
+
+def test_text_search_stops_the_diverging_trial_and_resumes(text_searched: dict, tune_home: Path) -> None:
+    rows = {row["trial_id"]: row for row in text_searched["top"]}
+    assert text_searched["trials"] == 3 and len(rows) == 3 and not any(r["error"] for r in rows.values())
+    diverging = next(r for r in rows.values() if r["learning_rate"] == DIVERGING["learning_rate"])
+    default = next(r for r in rows.values() if r["learning_rate"] == 5e-5)
+    assert diverging["steps"] == 3 and default["steps"] == 6  # stopped at the rung / ran to max_t
+    assert diverging["valid_loss"] > default["valid_loss"]
+    assert text_searched["best"]["trial_id"] != diverging["trial_id"]
+    assert text_searched["steps_fraction_run"] < 1
+    # the two trials finished before the interrupt did not run again after the resume
+    after = _result_lines(tune_home / "tune" / "notes")
+    assert len(text_searched["finished_before"]) == 2 and len(after) == 3
+    assert all(after[t] == text_searched["lines_before"][t] for t in text_searched["finished_before"])
+
+
+def test_text_search_leaves_no_cpus_held_by_stopped_trials(text_searched: dict) -> None:
+    from tune.text_search import orphaned_train_groups
+
+    assert orphaned_train_groups() == []
+    deadline = time.monotonic() + 30  # trial actors exit asynchronously
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
+        assert time.monotonic() < deadline, ray.available_resources()
+        time.sleep(0.5)
+
+
+def test_text_search_registers_the_best_trial_with_provenance(text_searched: dict) -> None:
+    from mlflow import MlflowClient
+
+    from ml import registry
+
+    registry.configure()
+    client = MlflowClient()
+    registered = text_searched["registered"]
+    assert "challenger" in registered["aliases"]
+    version = client.get_model_version("readmission-notes", registered["version"])
+    assert version.tags["tune_experiment"] == "notes" and version.tags["tune_trials"] == "3"
+    assert version.tags["tune_trial_id"] == text_searched["best"]["trial_id"]
+    parent = client.get_run(version.tags["tune_parent_run_id"])
+    assert parent.data.metrics["best_valid_loss"] == pytest.approx(text_searched["best"]["valid_loss"])
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    trials = [r for r in children if r.data.tags.get("kind") == "tune-trial"]
+    assert sorted(r.data.tags["tune_trial_id"] for r in trials) == sorted(
+        r["trial_id"] for r in text_searched["top"]
+    )
+    assert 0 <= text_searched["test"]["test_auroc"] <= 1
+
+
+def test_text_search_config_refuses_unknown_points_and_options() -> None:
+    from pydantic import ValidationError
+
+    from tune.text_search import TextSearchConfig
+
+    with pytest.raises(ValidationError, match="max_depth"):
+        TextSearchConfig(task="negex", name="x", points=[{"max_depth": 3}])
+    with pytest.raises(ValidationError, match="register"):
+        TextSearchConfig(task="negex", name="x", register=False)
 
 
 def test_search_defaults_match_the_model() -> None:
@@ -280,7 +381,7 @@ def _stop_head(head: subprocess.Popen, temp_dir: str) -> None:
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_head() -> Iterator[str]:
     """A separate Ray head for `ray job submit`. Its address is written only in its own temp dir, so
     no other `ray.init()` on the machine joins it. On a very busy machine `ray start` can time out
@@ -295,25 +396,20 @@ def ray_head() -> Iterator[str]:
         _stop_head(head, temp_dir)
 
 
-def test_ray_job_submit_runs_the_search_on_a_cluster(
-    ray_head: str, synthetic_features: Path, tmp_path: Path
-) -> None:
+def _run_job(address: str, command: str, data_dir: Path) -> str:
+    """Submits `python -m tune ...` with the repo as working dir; returns the logs of a job that
+    succeeded and is listed (what the dashboard's Jobs page shows)."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    client = JobSubmissionClient(ray_head)
-    out = tmp_path / "result.json"
-    entrypoint = (
-        f"{sys.executable} -m tune xgboost --features {synthetic_features} --num-samples 2 --max-rounds 20 "
-        f"--report-every 10 --name job --n-boot 50 --json-out {out}"
-    )
+    client = JobSubmissionClient(address)
     job_id = client.submit_job(
-        entrypoint=entrypoint,
+        entrypoint=f"{sys.executable} -m tune {command}",
         runtime_env={
             # The repo as the job's working dir; .gitignore'd folders (.venv, artifacts) are left out
             # by Ray anyway, the list makes it explicit.
             "working_dir": str(REPO_ROOT),
             "excludes": [".venv", "artifacts", ".git", "**/__pycache__", ".pytest_cache", ".ruff_cache"],
-            "env_vars": {"MEDISCALE_DATA_DIR": str(tmp_path / "data"), "MLFLOW_DISABLE_TELEMETRY": "true"},
+            "env_vars": {"MEDISCALE_DATA_DIR": str(data_dir), "MLFLOW_DISABLE_TELEMETRY": "true"},
         },
     )
     deadline = time.monotonic() + 600
@@ -325,8 +421,38 @@ def test_ray_job_submit_runs_the_search_on_a_cluster(
         time.sleep(2)
     logs = client.get_job_logs(job_id)
     assert status == JobStatus.SUCCEEDED, logs[-3000:]
-    assert job_id in [job.submission_id for job in client.list_jobs()]  # what the dashboard's Jobs page shows
+    assert job_id in [job.submission_id for job in client.list_jobs()]
+    return logs
+
+
+def test_ray_job_submit_runs_the_search_on_a_cluster(
+    ray_head: str, synthetic_features: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "result.json"
+    logs = _run_job(
+        ray_head,
+        f"xgboost --features {synthetic_features} --num-samples 2 --max-rounds 20 --report-every 10 "
+        f"--name job --n-boot 50 --json-out {out}",
+        tmp_path / "data",
+    )
     result = json.loads(out.read_text())
     assert result["trials"] == 2 and result["registered_version"] == "1"
     assert result["path"] == str((tmp_path / "data" / "tune" / "job").resolve())
     assert "best trials:" in logs and '"best_valid_auroc"' in logs
+
+
+def test_ray_job_submit_runs_the_text_search_on_a_cluster(
+    ray_head: str, synthetic_features: Path, tiny_bert: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "result.json"
+    logs = _run_job(
+        ray_head,
+        f"text --task readmission --features {synthetic_features} --model {tiny_bert} --num-samples 1 "
+        f"--sample 160 --max-steps 4 --eval-every 2 --max-length 64 --n-boot 20 --name notes-job "
+        f"--json-out {out}",
+        tmp_path / "data",
+    )
+    result = json.loads(out.read_text())
+    assert result["trials"] == 1 and result["registered"]["version"] == "1"
+    assert result["path"] == str((tmp_path / "data" / "tune" / "notes-job").resolve())
+    assert "best trials:" in logs and "valid_loss" in logs

@@ -167,7 +167,7 @@ def text_search(
             cpus_per_worker=cpus_per_worker,
             use_gpu=use_gpu,
             seed=seed,
-            register=register,
+            register_best=register,
             n_boot=n_boot,
         )
         check_new(search.name)

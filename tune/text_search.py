@@ -1,22 +1,25 @@
 """Hyperparameter search for the note model with Ray Tune (random search + ASHA).
 
-Status: NOT WORKING YET. On a 2-CPU local cluster a search never starts training: its trial
-(0.01 CPU) plus 1.0 CPU reserved in a placement group leave 0.99 CPU, and the run waits for a
-1-CPU actor for ever (seen in the autoscaler status; the holder of the 1.0 was not found).
-Untested on larger clusters. The XGBoost search (`tune.xgboost_search`) works and is tested.
-
 One trial = one `ml.text.fit` run: a Ray Train `TorchTrainer` inside a Tune trial, its reports
 forwarded to Tune by `TuneReportCallback`. Unlike the XGBoost search (one in-process booster
 per CPU), a note-model trial is itself data parallel and GPU-ready, so each trial keeps the
-production training loop. On a small machine run one trial at a time (`max_concurrent`): a
-trial holds a sliver of a CPU and its Train workers the rest, so two trials whose workers do
-not both fit would wait on each other for ever.
+production training loop (the pattern of Ray's "Hyperparameter Tuning with Ray Tune" guide
+for Train V2). On a small machine run one trial at a time (`max_concurrent`): a trial holds a
+sliver of a CPU and its Train workers the rest, so two trials whose workers do not both fit
+would wait on each other for ever.
 
-Search space (`search_space()`): learning_rate loguniform(1e-5, 3e-4), batch_size in
-{8, 16, 32}, warmup_ratio uniform(0, 0.2), weight_decay in {0, 0.01, 0.1}. Each trial reports
-validation loss every `eval_every` optimizer steps (with a checkpoint); ASHA stops trials on
-`valid_loss` (mode min, `time_attr="step"`). Fewer reports are cheaper; each costs an
-evaluation pass over the validation split.
+Trials that ASHA stops are killed with their Train controller, but the controller's placement
+group (the workers' CPUs) outlives it: Ray's own cleaner actor finds dead controllers through
+the State API, which fails without a dashboard (`include_dashboard=False`, as in local runs
+and tests) or with two Ray instances on one machine. The next trial then waits for those CPUs
+for ever (seen here: 0.99 of 2 CPUs free, a 1-CPU worker group pending). `OrphanReaper`
+removes such groups from the driver, reading the GCS tables directly.
+
+Search space (`search_space()`; the first trial is the TextConfig default): learning_rate
+loguniform(1e-5, 3e-4), batch_size in {8, 16, 32}, warmup_ratio uniform(0, 0.2),
+weight_decay in {0, 0.01, 0.1}. Each trial reports validation loss every `eval_every` optimizer
+steps (with a checkpoint); ASHA stops trials on `valid_loss` (mode min, `time_attr="step"`).
+Fewer reports are cheaper; each costs an evaluation pass over the validation split.
 
 The experiment lives in `<data dir>/tune/<name>` (`--resume` continues it with Tuner.restore).
 MLflow: a parent run for the search, one child run per trial, written by the driver (the same
@@ -35,11 +38,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import ray
 import ray.tune
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from data.config import Settings
 from tune.xgboost_search import (
@@ -62,6 +64,8 @@ TUNED = ("learning_rate", "batch_size", "warmup_ratio", "weight_decay")
 class TextSearchConfig(BaseModel):
     """One note-model search; saved as search.json in the experiment folder."""
 
+    model_config = ConfigDict(extra="forbid")
+
     task: str
     name: str
     features: str | None = None
@@ -80,7 +84,18 @@ class TextSearchConfig(BaseModel):
     use_gpu: bool = False
     seed: int = 0
     register_best: bool = True
+    points: list[dict[str, Any]] = Field(
+        default_factory=list, description="Points tried right after the default (searched keys only)."
+    )
     n_boot: int = Field(500, ge=10)
+
+    @field_validator("points")
+    @classmethod
+    def _searched_keys_only(cls, points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for point in points:
+            if unknown := set(point) - set(TUNED):
+                raise ValueError(f"points: {sorted(unknown)} are not searched; searched: {list(TUNED)}")
+        return points
 
 
 def search_space() -> dict[str, Any]:
@@ -90,6 +105,97 @@ def search_space() -> dict[str, Any]:
         "warmup_ratio": ray.tune.uniform(0.0, 0.2),
         "weight_decay": ray.tune.choice([0.0, 0.01, 0.1]),
     }
+
+
+def default_point() -> dict[str, Any]:
+    """The TextConfig defaults of the searched settings: the first trial, a baseline to beat."""
+    from ml.text import TextConfig
+
+    defaults = TextConfig()
+    return {k: getattr(defaults, k) for k in TUNED}
+
+
+class OrphanReaper(ray.tune.Callback):
+    """Removes the placement groups of Train runs whose controller died with a stopped trial.
+
+    Why and when: see the module docstring. Only groups whose creator was a `TrainController`
+    actor that is now dead are removed, so other workloads on the cluster are untouched. Uses
+    Ray's private GCS accessors (`ray._private.state`), checked against Ray 2.60.
+    """
+
+    def __init__(self, every_s: float = 2.0):
+        self.every_s = every_s
+        self._last = 0.0
+        self.removed: list[str] = []
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if time.monotonic() - self._last >= self.every_s:
+            self._last = time.monotonic()
+            self.reap()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.reap()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.reap()
+
+    def reap(self) -> list[str]:
+        removed = [pg_id for pg_id in orphaned_train_groups() if _remove_group(pg_id)]
+        if removed:
+            log.info("removed %d placement group(s) left by stopped trials: %s", len(removed), removed)
+        self.removed += removed
+        return removed
+
+    def reap_after_search(self, timeout_s: float = 20.0) -> None:
+        """The last trials' controllers die shortly after Tune kills them: wait for that, then reap."""
+        deadline = time.monotonic() + timeout_s
+        while _live_train_controllers() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        self.reap()
+
+
+def orphaned_train_groups() -> list[str]:
+    """Hex ids of live placement groups created by a Train controller that has since died."""
+    from ray._private.state import actors, state
+    from ray.core.generated import gcs_pb2
+
+    table = gcs_pb2.PlacementGroupTableData
+    orphans = []
+    for raw in state._connect_and_get_accessor().get_placement_group_table():
+        group = table.FromString(raw)
+        if group.state == table.REMOVED or group.is_detached or not group.creator_actor_dead:
+            continue
+        creator = actors(actor_id=group.creator_actor_id.hex()) or {}
+        if creator.get("ActorClassName") == "TrainController":
+            orphans.append(group.placement_group_id.hex())
+    return orphans
+
+
+def _live_train_controllers() -> int:
+    """Train controllers of this driver's job that are not dead yet."""
+    from ray._private.state import actors
+
+    job = ray.get_runtime_context().get_job_id()
+    return sum(
+        1
+        for actor in actors().values()
+        if actor["ActorClassName"] == "TrainController" and actor["State"] != "DEAD" and actor["JobID"] == job
+    )
+
+
+def _remove_group(pg_id: str) -> bool:
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    try:
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+    except Exception as err:  # already removed by Ray's own cleaner in the meantime
+        log.debug("placement group %s not removed: %s", pg_id, err)
+        return False
+    return True
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
 
 
 def text_config(search: TextSearchConfig, point: dict[str, Any]):
@@ -129,11 +235,19 @@ def text_trial(point: dict[str, Any], search: dict[str, Any], splits: Any, datas
 
 
 def run_text_search(
-    search: TextSearchConfig | None = None, resume_name: str | None = None, settings: Settings | None = None
+    search: TextSearchConfig | None = None,
+    resume_name: str | None = None,
+    settings: Settings | None = None,
+    callbacks: list[ray.tune.Callback] | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) a search, register its best trial; returns the summary as a dict."""
+    """Run (or resume) a search, register its best trial; returns the summary as a dict.
+
+    `callbacks` are extra Tune callbacks for a new search (a resumed one restores its own).
+    """
     from mlflow import MlflowClient
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
     from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from ml import registry
     from ml.experiment import TASK_MODEL_NAMES, train_text
@@ -169,8 +283,8 @@ def run_text_search(
     # The trial itself only waits on its Train run, whose workers hold the CPUs (0 is not allowed).
     trainable = ray.tune.with_resources(trainable, {"cpu": 0.01})
     started = time.perf_counter()
-    np.random.seed(search.seed)  # Tune's random sampling draws from numpy's global generator
     if resume_name is not None:
+        # Tune pickles its callbacks (the MLflow logger, the reaper) with the experiment.
         tuner = ray.tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
     else:
         model_name = TASK_MODEL_NAMES[search.task]
@@ -198,7 +312,14 @@ def run_text_search(
                 metric=METRIC,
                 mode="min",
                 num_samples=search.num_samples,
-                max_concurrent_trials=search.max_concurrent,
+                # The concurrency limit goes on the generator: Tune ignores `max_concurrent_trials`
+                # when a BasicVariantGenerator is passed in.
+                search_alg=BasicVariantGenerator(
+                    points_to_evaluate=[default_point(), *search.points],
+                    max_concurrent=search.max_concurrent,
+                    random_state=search.seed,
+                ),
+                trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
                 scheduler=ASHAScheduler(
                     time_attr=TIME_ATTR,
                     max_t=search.max_steps,
@@ -207,7 +328,10 @@ def run_text_search(
                 ),
             ),
             run_config=ray.tune.RunConfig(
-                name=path.name, storage_path=str(path.parent), callbacks=[logger], verbose=1
+                name=path.name,
+                storage_path=str(path.parent),
+                callbacks=[logger, OrphanReaper(), *(callbacks or [])],
+                verbose=1,
             ),
         )
         (path / SEARCH_FILE).write_text(
@@ -222,6 +346,7 @@ def run_text_search(
             )
         )
     grid = tuner.fit()
+    OrphanReaper().reap_after_search()  # the last trials were killed as the search ended
     seconds = time.perf_counter() - started
     rows = []
     for result in grid:
@@ -233,7 +358,8 @@ def run_text_search(
                 "steps": metrics.get(TIME_ATTR),
                 "error": result.error is not None,
                 **{k: (result.config or {}).get(k) for k in TUNED},
-                "checkpoint": result.checkpoint.path if result.checkpoint else None,
+                # TuneReportCallback passes the Train checkpoint as a path among the metrics.
+                "checkpoint": metrics.get(CHECKPOINT_PATH_KEY),
             }
         )
     trials = pd.DataFrame(rows).sort_values(METRIC, na_position="last").reset_index(drop=True)
@@ -248,13 +374,18 @@ def run_text_search(
         raise SearchError(f"search {search.name!r}: no trial finished with a checkpoint")
     top = best.iloc[0]
     client.log_metric(parent_run_id, f"best_{METRIC}", float(top[METRIC]))
+    summary = trials.drop(columns=["checkpoint"])
     out: dict[str, Any] = {
         "search": search.name,
         "path": str(path),
         "trials": len(trials),
         "seconds": seconds,
-        "best": {k: top[k] for k in (METRIC, "steps", *TUNED, "trial_id")},
-        "table": format_table(trials.drop(columns=["checkpoint"]), top_k=5),
+        "steps_run": int(summary["steps"].fillna(0).sum()),
+        "steps_fraction_run": float(summary["steps"].fillna(0).sum() / (len(trials) * search.max_steps)),
+        "best": {k: _plain(top[k]) for k in (METRIC, "steps", *TUNED, "trial_id")},
+        # every trial, best first (JSON-safe: numpy scalars and NaN become plain values / None)
+        "top": json.loads(summary.to_json(orient="records")),
+        "table": format_table(summary, top_k=5),
     }
     if search.register_best:
         tags = {
