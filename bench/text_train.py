@@ -32,6 +32,7 @@ BERT_BASE_PARAMS = 110e6
 BERT_BASE_LAYERS, BERT_BASE_HIDDEN = 12, 768
 GPU_PEAK_BF16_TFLOPS = {"A100-SXM-80GB": 312.0, "H100-SXM": 989.0}  # dense, vendor data sheets
 ASSUMED_MFU = 0.40  # model FLOPs utilisation typical of BERT fine-tuning with bf16 and fused kernels
+RAY_KNOBS = ("RAY_worker_niceness", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_METRICS_ENABLED")
 
 
 def gpu_estimate(seq: int = 512) -> dict:
@@ -168,6 +169,8 @@ def main() -> None:
     texts, labels = notes(args.features, args.rows)
     report: dict = {"setup": {k: v for k, v in vars(args).items() if k != "json"} | {"rows": len(texts)}}
     report["setup"]["features"] = str(args.features)
+    # Ray knobs that change how much CPU Ray itself takes beside the Train worker (see bench/README.md)
+    report["setup"]["ray_env"] = {k: os.environ[k] for k in RAY_KNOBS if k in os.environ}
     report["plain_pytorch"] = plain_loop(texts, labels, args)
     print("plain", report["plain_pytorch"], flush=True)
     ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
