@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +50,10 @@ from tune.xgboost_search import (
     check_new,
     format_table,
     load_saved_search,
+    restoring_signal_handlers,
+    save_search,
+    search_interrupted,
+    trial_dirname,
 )
 
 log = logging.getLogger(__name__)
@@ -319,7 +322,7 @@ def run_text_search(
                     max_concurrent=search.max_concurrent,
                     random_state=search.seed,
                 ),
-                trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+                trial_dirname_creator=trial_dirname,
                 scheduler=ASHAScheduler(
                     time_attr=TIME_ATTR,
                     max_t=search.max_steps,
@@ -334,19 +337,15 @@ def run_text_search(
                 verbose=1,
             ),
         )
-        (path / SEARCH_FILE).write_text(
-            json.dumps(
-                {
-                    "config": search.model_dump(),
-                    "experiment_id": experiment_id,
-                    "parent_run_id": parent_run_id,
-                    "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                },
-                indent=2,
-            )
-        )
-    grid = tuner.fit()
-    OrphanReaper().reap_after_search()  # the last trials were killed as the search ended
+        save_search(path, search, experiment_id, parent_run_id)
+    try:
+        with restoring_signal_handlers():
+            grid = tuner.fit()
+    except BaseException:
+        client.set_terminated(parent_run_id, "FAILED")
+        raise
+    finally:
+        OrphanReaper().reap_after_search()  # the last trials were killed as the search ended
     seconds = time.perf_counter() - started
     rows = []
     for result in grid:
@@ -363,9 +362,7 @@ def run_text_search(
             }
         )
     trials = pd.DataFrame(rows).sort_values(METRIC, na_position="last").reset_index(drop=True)
-    if len(grid) < search.num_samples or any(
-        r.error is None and not (r.metrics or {}).get("done") for r in grid
-    ):
+    if search_interrupted(grid, search.num_samples):
         client.set_terminated(parent_run_id, "KILLED")
         raise SearchInterrupted(search.name, path)
     best = trials.dropna(subset=[METRIC, "checkpoint"])

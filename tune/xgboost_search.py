@@ -181,6 +181,17 @@ def load_saved_search(name: str, settings: Settings | None = None) -> tuple[Path
     return path, json.loads((path / SEARCH_FILE).read_text())
 
 
+def save_search(path: Path, config: BaseModel, experiment_id: str, parent_run_id: str) -> None:
+    """search.json: what `load_saved_search` reads back to resume the search."""
+    record = {
+        "config": config.model_dump(),
+        "experiment_id": experiment_id,
+        "parent_run_id": parent_run_id,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    (path / SEARCH_FILE).write_text(json.dumps(record, indent=2))
+
+
 def check_new(name: str, settings: Settings | None = None) -> Path:
     """The folder for a new search `name`; a SearchError if a search of that name exists."""
     path = tune_root(settings) / name
@@ -597,17 +608,7 @@ def run_search(
     else:
         experiment_id, parent_run_id = _parent_run(config, path)
         tuner = _new_tuner(config, trainable, path, experiment_id, parent_run_id, callbacks)
-        (path / SEARCH_FILE).write_text(
-            json.dumps(
-                {
-                    "config": config.model_dump(),
-                    "experiment_id": experiment_id,
-                    "parent_run_id": parent_run_id,
-                    "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                },
-                indent=2,
-            )
-        )
+        save_search(path, config, experiment_id, parent_run_id)
     try:
         with restoring_signal_handlers():
             grid = tuner.fit()
@@ -649,7 +650,7 @@ def search_interrupted(grid: Any, num_samples: int) -> bool:
     return any(r.error is None and not (r.metrics or {}).get("done") for r in grid)
 
 
-def _trial_dirname(trial: Any) -> str:
+def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
@@ -689,7 +690,7 @@ def _new_tuner(
                 grace_period=config.asha_grace,
                 reduction_factor=config.reduction_factor,
             ),
-            trial_dirname_creator=_trial_dirname,
+            trial_dirname_creator=trial_dirname,
             reuse_actors=True,  # a new worker process per trial costs seconds on a busy machine
         ),
         run_config=ray.tune.RunConfig(
