@@ -114,10 +114,9 @@ def train_notes(
     """Fine-tune the note model on Ray Train (TorchTrainer), evaluate, log to MLflow."""
     from ml.experiment import train_text
     from ml.text import TextConfig
-    from ml.text_tasks import TASKS
+    from ml.text_tasks import check_task_inputs
 
-    if task not in TASKS:  # before starting Ray
-        raise ValueError(f"unknown task {task!r}; expected one of {list(TASKS)}")
+    check_task_inputs(task, features, datasets)  # before starting Ray
     config = TextConfig(
         model=model,
         max_length=max_length,

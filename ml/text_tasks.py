@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.featureset import read_split_pandas, verify_feature_folder
+from data.featureset import read_manifest, read_split_pandas, verify_feature_folder
 from ml.text import TextDataError, TextSplits
 
 log = logging.getLogger(__name__)
@@ -107,16 +107,29 @@ def load_task(
     seed: int = 0,
 ) -> TextSplits:
     """The named task's splits; `features` for readmission, `datasets` (shared folder) otherwise."""
+    folder = check_task_inputs(task, features, datasets)
+    if task == "readmission":
+        return readmission_splits(folder, sample, seed)
+    return negex_splits(folder) if task == "negex" else mtsdialog_splits(folder, seed)
+
+
+def check_task_inputs(task: str, features: str | None = None, datasets: str | Path | None = None) -> str:
+    """The task's input folder, or a TextDataError naming what is missing.
+
+    Cheap (one manifest read at most), so CLIs call it before they start Ray; the full folder
+    check is `readmission_splits`'s.
+    """
+    if task not in TASKS:
+        raise TextDataError(f"unknown task {task!r}; expected one of {list(TASKS)}")
     if task == "readmission":
         if not features:
             raise TextDataError("the readmission task needs a feature folder (--features)")
-        return readmission_splits(features, sample, seed)
-    if task not in TASKS:
-        raise TextDataError(f"unknown task {task!r}; expected one of {list(TASKS)}")
+        read_manifest(features)
+        return features
     if not datasets:
         from data.config import Settings
 
         datasets = Settings.from_env().datasets_dir
     if not Path(datasets).is_dir():
         raise TextDataError(f"{datasets}: the shared datasets folder does not exist (set MEDISCALE_DATASETS)")
-    return negex_splits(datasets) if task == "negex" else mtsdialog_splits(datasets, seed)
+    return str(datasets)

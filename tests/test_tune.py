@@ -292,13 +292,21 @@ def test_cli_refuses_bad_input_before_starting_ray(tmp_path: Path) -> None:
     env.pop("RAY_ADDRESS", None)
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "tune", "xgboost", *args], capture_output=True,
+        return subprocess.run([sys.executable, "-m", "tune", *args], capture_output=True,
                               text=True, env=env, timeout=120)  # fmt: skip
 
-    missing = cli("--features", str(tmp_path / "nope"), "--num-samples", "2")
-    assert missing.returncode == 2 and "manifest.json" in missing.stderr and "Traceback" not in missing.stderr
-    nothing = cli("--resume", "--name", "never-ran")
-    assert nothing.returncode == 2 and "never-ran" in nothing.stderr
+    for model in ("xgboost", "text"):
+        missing = cli(model, "--features", str(tmp_path / "nope"), "--num-samples", "2")
+        assert missing.returncode == 2 and "manifest.json" in missing.stderr, missing.stderr
+        assert "Traceback" not in missing.stderr
+        nothing = cli(model, "--resume", "--name", "never-ran")
+        assert nothing.returncode == 2 and "never-ran" in nothing.stderr
+    unknown = cli("text", "--task", "icd-coding")
+    assert unknown.returncode == 2 and "unknown task 'icd-coding'" in unknown.stderr
+    no_features = cli("text", "--task", "readmission")
+    assert no_features.returncode == 2 and "--features" in no_features.stderr
+    no_datasets = cli("text", "--task", "negex", "--datasets", str(tmp_path / "nowhere"))
+    assert no_datasets.returncode == 2 and "nowhere" in no_datasets.stderr
 
 
 # --------------------------------------------------------------------------- ray job submit

@@ -141,7 +141,7 @@ def text_search(
     json_out: Path | None = JSON_OUT_OPTION,
 ) -> None:
     """Tune the note model (random search + ASHA on validation loss); register the best trial."""
-    from ml.text_tasks import TASKS
+    from ml.text_tasks import check_task_inputs
     from tune.text_search import TextSearchConfig, run_text_search
     from tune.xgboost_search import SearchInterrupted, check_new, check_resumable, latest_experiment
 
@@ -150,8 +150,7 @@ def text_search(
         name = name or latest_experiment()
         check_resumable(name)
     else:
-        if task not in TASKS:
-            raise ValueError(f"unknown task {task!r}; expected one of {list(TASKS)}")
+        check_task_inputs(task, features, datasets)  # before starting Ray
         search = TextSearchConfig(
             task=task,
             name=name or _default_name(f"text-{task}"),
