@@ -60,7 +60,6 @@ log = logging.getLogger(__name__)
 
 METRIC = "valid_loss"
 TIME_ATTR = "step"
-SEARCH_FILE = "search.json"
 TUNED = ("learning_rate", "batch_size", "warmup_ratio", "weight_decay")
 
 
@@ -129,7 +128,6 @@ class OrphanReaper(ray.tune.Callback):
     def __init__(self, every_s: float = 2.0):
         self.every_s = every_s
         self._last = 0.0
-        self.removed: list[str] = []
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         if time.monotonic() - self._last >= self.every_s:
@@ -146,7 +144,6 @@ class OrphanReaper(ray.tune.Callback):
         removed = [pg_id for pg_id in orphaned_train_groups() if _remove_group(pg_id)]
         if removed:
             log.info("removed %d placement group(s) left by stopped trials: %s", len(removed), removed)
-        self.removed += removed
         return removed
 
     def reap_after_search(self, timeout_s: float = 20.0) -> None:
