@@ -45,6 +45,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -341,11 +342,33 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     try:
         cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
         cursor.execute("PRAGMA foreign_keys = ON")
-        mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
+        mode = _enable_wal(cursor)
+        if mode != "wal":
             log.warning("SQLite refused WAL mode (journal_mode=%s); concurrent writers may fail", mode)
     finally:
         cursor.close()
+
+
+def _enable_wal(cursor: Any) -> str:
+    """WAL mode (persistent in the file), set once; returns the journal mode in force.
+
+    Setting it takes an exclusive lock, and SQLite answers "database is locked" at once, without
+    waiting out busy_timeout, when another process holds a lock meanwhile (seen in CI: two
+    replicas opening one store). So: read the mode first (already WAL: nothing to set), and
+    retry the switch until the busy timeout.
+    """
+    import sqlite3
+
+    mode = str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while mode != "wal":
+        try:
+            return str(cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    return mode
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
