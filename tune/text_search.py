@@ -48,9 +48,9 @@ from tune.xgboost_search import (
     SearchError,
     SearchInterrupted,
     check_new,
+    fit_tuner,
     format_table,
     load_saved_search,
-    restoring_signal_handlers,
     save_search,
     search_interrupted,
     trial_dirname,
@@ -336,11 +336,7 @@ def run_text_search(
         )
         save_search(path, search, experiment_id, parent_run_id)
     try:
-        with restoring_signal_handlers():
-            grid = tuner.fit()
-    except BaseException:
-        client.set_terminated(parent_run_id, "FAILED")
-        raise
+        grid = fit_tuner(tuner, client, parent_run_id)
     finally:
         OrphanReaper().reap_after_search()  # the last trials were killed as the search ended
     seconds = time.perf_counter() - started

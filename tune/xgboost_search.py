@@ -609,18 +609,23 @@ def run_search(
         experiment_id, parent_run_id = _parent_run(config, path)
         tuner = _new_tuner(config, trainable, path, experiment_id, parent_run_id, callbacks)
         save_search(path, config, experiment_id, parent_run_id)
-    try:
-        with restoring_signal_handlers():
-            grid = tuner.fit()
-    except BaseException:
-        client.set_terminated(parent_run_id, "FAILED")
-        raise
+    grid = fit_tuner(tuner, client, parent_run_id)
     seconds = time.perf_counter() - started
     if search_interrupted(grid, config.num_samples):
         client.set_terminated(parent_run_id, "KILLED")
         raise SearchInterrupted(config.name, path)
     trials = _trial_rows(grid, config)
     return SearchOutcome(config, path, experiment_id, parent_run_id, trials, seconds, resume_name is not None)
+
+
+def fit_tuner(tuner: ray.tune.Tuner, client: Any, parent_run_id: str) -> Any:
+    """`tuner.fit()` keeping the terminal's signal handlers; a crash marks the parent run FAILED."""
+    try:
+        with restoring_signal_handlers():
+            return tuner.fit()
+    except BaseException:
+        client.set_terminated(parent_run_id, "FAILED")
+        raise
 
 
 @contextlib.contextmanager
