@@ -79,6 +79,20 @@ def features(
 
 
 @app.command()
+@user_errors
+def records(
+    raw: str = typer.Option(..., help="Raw EHR folder (local path or s3://)."),
+    out: Path = typer.Option(..., help="JSON lines file to write: one {admission_id, split, record} a line."),
+    split: str | None = typer.Option(None, help="Only this split's admissions (train, valid or test)."),
+    limit: int | None = typer.Option(None, min=1, help="At most this many admissions."),
+) -> None:
+    """`POST /predict` bodies for the admissions of a raw folder, to replay real rows."""
+    from data.replay import write_records
+
+    typer.echo(json.dumps({"records": write_records(raw, str(out), split, limit), "out": str(out)}))
+
+
+@app.command()
 def schema() -> None:
     """Print the raw EHR schema every source converts into."""
     from data.schema import describe

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from data import charlson
+from data.concepts import NOTE_FEATURES, note_concept_values
 from data.featureset import (
     DEFAULT_FRACTIONS,
     LABEL,
@@ -79,7 +80,10 @@ DIAGNOSIS_SCHEMA = pa.schema(
     [("admission_id", pa.string()), ("charlson_index", pa.int32()), ("n_diagnoses", pa.int32())]
     + [(f"cci_{name}", pa.bool_()) for name in charlson.CATEGORIES]
 )
-NOTE_SCHEMA = pa.schema([("admission_id", pa.string()), (TEXT_COLUMN, pa.string())])
+NOTE_SCHEMA = pa.schema(
+    [("admission_id", pa.string()), (TEXT_COLUMN, pa.string())]
+    + [(name, pa.float64()) for name in NOTE_FEATURES]
+)
 
 
 def _to_schema(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
@@ -183,7 +187,9 @@ def clean_note(text: str) -> str:
 
 
 def note_features(rows: pd.DataFrame) -> pa.Table:
-    """The latest discharge summary of each stay, cleaned; needs ALL notes of its stays."""
+    """The latest discharge summary of each stay, cleaned, and its concepts (`data.concepts`:
+    symptoms, conditions and social facts with negation and experiencer); needs ALL notes of
+    its stays. A stay without a summary gets no row: its concepts stay unknown."""
     if rows.empty:
         return NOTE_SCHEMA.empty_table()
     summaries = rows.loc[
@@ -195,19 +201,39 @@ def note_features(rows: pd.DataFrame) -> pa.Table:
         .groupby("admission_id", sort=False)
         .tail(1)
     )
-    out = pd.DataFrame({
-        "admission_id": latest["admission_id"].to_numpy(),
-        TEXT_COLUMN: [clean_note(t) for t in latest["text"]],
-    })  # fmt: skip
+    texts = [clean_note(t) for t in latest["text"]]
+    concepts = pd.DataFrame([note_concept_values(t) for t in texts], columns=list(NOTE_FEATURES))
+    out = pd.concat(
+        [pd.DataFrame({"admission_id": latest["admission_id"].to_numpy(), TEXT_COLUMN: texts}), concepts],
+        axis=1,
+    )
     return _to_schema(out, NOTE_SCHEMA)
 
 
+DIAGNOSIS_COUNTS = ("n_diagnoses", "charlson_index")
+
+
+def fill_absent(table: pd.DataFrame, diagnoses_known: np.ndarray | None = None) -> pd.DataFrame:
+    """A stay without measurements has zero counts; a stay whose codes are known (every stay of
+    a raw folder; a record that gives `diagnoses`) but has none has Charlson 0 and no flags.
+    Codes not known (`diagnoses_known` False) stay NaN: unknown, not zero."""
+    counts = [c for c in table.columns if c.endswith("_count")]
+    table[counts] = table[counts].fillna(0)
+    known = np.ones(len(table), bool) if diagnoses_known is None else np.asarray(diagnoses_known, bool)
+    for column in [c for c in table.columns if c in DIAGNOSIS_COUNTS or c.startswith("cci_")]:
+        fill = False if column.startswith("cci_") else 0
+        filled = table[column].astype(object).where(table[column].notna(), fill)
+        table[column] = filled.where(known, None)
+    return table
+
+
 def finalize(table: pd.DataFrame) -> pd.DataFrame:
-    """Stays without measurements or codes get zero counts; assign the patient split."""
-    counts = [c for c in table.columns if c.endswith("_count") or c in ("n_diagnoses", "charlson_index")]
-    table[counts] = table[counts].fillna(0).astype(np.int32)
+    """Absent measurements and codes filled (`fill_absent`), integer types, the patient split."""
+    table = fill_absent(table)
+    counts = [c for c in table.columns if c.endswith("_count") or c in DIAGNOSIS_COUNTS]
+    table[counts] = table[counts].astype(np.int32)
     flags = [c for c in table.columns if c.startswith("cci_")]
-    table[flags] = table[flags].fillna(False).astype(bool)
+    table[flags] = table[flags].astype(bool)
     table[SPLIT_COLUMN] = split_of(table["patient_id"].to_numpy())
     return table
 

@@ -42,6 +42,23 @@ def _scale_pos_weight(value: str | None) -> float | str | None:
         raise typer.BadParameter(f"--scale-pos-weight must be a number or 'auto', got {value!r}") from None
 
 
+@app.command("score")
+@user_errors
+def score(
+    features: str = typer.Option(..., help="Feature folder (local path or s3://)."),
+    model: str = typer.Option(..., help="NAME@ALIAS_OR_VERSION, e.g. readmission-tabular@champion or @3."),
+    out: str = typer.Option(..., help="Folder to write the scores to as parquet (local path or s3://)."),
+    split: list[str] = typer.Option(None, help="Only these splits (repeat); default all."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the summary here."),
+) -> None:
+    """Batch-score a feature folder with a registered tabular model (Ray Data, one load per worker)."""
+    from ml.batch import score_features
+
+    init_ray()
+    emit_json(score_features(features, model, out, split or None, overwrite), json_out)
+
+
 @app.command("train-tabular")
 @user_errors
 def train_tabular(

@@ -63,9 +63,19 @@ class TabularConfig(BaseModel):
     )
     report_every: int = Field(50, ge=1, description="Report to Ray Train every N rounds.")
     calibration: Literal["auto", "isotonic", "platt", "none"] = "auto"
+    missing_rate: float = Field(
+        0.3,
+        ge=0,
+        lt=1,
+        description="Train also on a copy of the train rows in which each feature group is unknown "
+        "with this probability (data.record.mask_groups), so partial records are in distribution; 0: off.",
+    )
+    monotone: bool = Field(
+        True, description="More prior admissions, ED visits, Charlson points or LOS never lower the risk."
+    )
     seed: int = 0
 
-    def xgb_params(self, scale_pos_weight: float | None) -> dict[str, Any]:
+    def xgb_params(self, scale_pos_weight: float | None, columns: list[str] | None = None) -> dict[str, Any]:
         params = {
             "objective": "binary:logistic",
             "eval_metric": ["logloss", "auc"],
@@ -83,6 +93,12 @@ class TabularConfig(BaseModel):
         }
         if scale_pos_weight:
             params["scale_pos_weight"] = scale_pos_weight
+        if self.monotone and columns:
+            from data.record import MONOTONE_INCREASING
+
+            constrained = {name: 1 for name in MONOTONE_INCREASING if name in columns}
+            if constrained:
+                params["monotone_constraints"] = constrained
         return params
 
 
@@ -321,6 +337,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     shards = {}
     for name in ("train", "valid"):
         frame = ray.train.get_dataset_shard(name).materialize().to_pandas()
+        if name == "train" and config.get("missing_rate"):
+            frame = with_missing_copy(frame, config["missing_rate"], config.get("seed", 0))
         shards[name] = xgboost.DMatrix(
             preprocessor.transform(frame), label=frame[preprocessor.label].to_numpy(), enable_categorical=True
         )
@@ -334,6 +352,16 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         callbacks=[ReportEvery(config["report_every"], data_seconds)],
         verbose_eval=False,
     )
+
+
+def with_missing_copy(frame: pd.DataFrame, rate: float, seed: int) -> pd.DataFrame:
+    """The rows plus a copy with feature groups blanked at random (see data.record)."""
+    import ray.train
+
+    from data.record import mask_groups
+
+    rank = ray.train.get_context().get_world_rank()
+    return pd.concat([frame, mask_groups(frame, rate, seed * 1000 + rank)], ignore_index=True)
 
 
 @dataclass
@@ -379,7 +407,9 @@ def train(features: str, config: TabularConfig | None = None, storage_path: str 
         train_fn_per_worker,
         train_loop_config={
             "preprocessor": preprocessor.to_dict(),
-            "params": config.xgb_params(spw),
+            "params": config.xgb_params(spw, preprocessor.columns),
+            "missing_rate": config.missing_rate,
+            "seed": config.seed,
             "max_rounds": config.max_rounds,
             "early_stopping_rounds": config.early_stopping_rounds,
             "report_every": config.report_every,

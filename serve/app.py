@@ -37,7 +37,6 @@ from collections import OrderedDict, defaultdict
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
@@ -51,9 +50,8 @@ from serve.records import (
     Feedback,
     PatientRecord,
     Prediction,
-    record_features,
-    risk_band,
 )
+from serve.scoring import Scored, TabularResult, combine, score_tabular, to_prediction, to_store_row
 
 log = logging.getLogger("ray.serve")
 
@@ -79,7 +77,12 @@ class AppArgs(BaseModel):
 class VariantSpec(BaseModel):
     weight: float = Field(..., ge=0)
     tabular: str = Field(..., min_length=1, description="Alias or version of the tabular model.")
-    note: str = Field(..., min_length=1, description="Alias or version of the note model.")
+    note: str | None = Field(
+        None,
+        min_length=1,
+        description="Alias or version of an opaque note model stacked on the tabular risk; "
+        "None (the default): the note counts through its concepts in the tabular model only.",
+    )
 
 
 class RouterConfig(BaseModel):
@@ -87,8 +90,8 @@ class RouterConfig(BaseModel):
 
     variants: dict[str, VariantSpec] = Field(
         default_factory=lambda: {
-            "champion": VariantSpec(weight=0.9, tabular="champion", note="champion"),
-            "challenger": VariantSpec(weight=0.1, tabular="challenger", note="challenger"),
+            "champion": VariantSpec(weight=0.9, tabular="champion"),
+            "challenger": VariantSpec(weight=0.1, tabular="challenger"),
         }
     )
     shadow: bool = False
@@ -192,26 +195,9 @@ class TabularScorer:
         for version in versions:
             await self.models.get(version)
 
-    async def score(self, records: list[PatientRecord], version: str, top_k: int = 5) -> list[dict]:
+    async def score(self, records: list[PatientRecord], version: str, top_k: int = 5) -> list[TabularResult]:
         predictor = await self.models.get(version)
-        return await asyncio.to_thread(self._score, predictor, records, top_k)
-
-    @staticmethod
-    def _score(predictor: Any, records: list[PatientRecord], top_k: int) -> list[dict]:
-        import pandas as pd
-
-        names = list(predictor.feature_names)
-        rows = [record_features(r, names) for r in records]
-        frame = pd.DataFrame(rows, columns=names)
-        risk = predictor.predict_proba(frame)
-        factors = predictor.explain(frame, top_k=top_k) if top_k else [[] for _ in rows]
-        for found, row in zip(factors, rows, strict=True):
-            for factor in found:  # the record's own value beside each contribution (None: missing)
-                factor["value"] = row.get(str(factor["feature"]))
-        return [
-            {"risk": float(p), "factors": f, "features": row}
-            for p, f, row in zip(risk, factors, rows, strict=True)
-        ]
+        return await asyncio.to_thread(score_tabular, predictor, records, top_k)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, user_config=NoteBatchConfig().model_dump())
@@ -278,25 +264,18 @@ class Combiner:
         return self.weights[note_version]
 
     async def score(
-        self, records: list[PatientRecord], versions: dict[str, str], top_k: int = 5
-    ) -> list[dict]:
+        self, records: list[PatientRecord], versions: dict[str, str | None], top_k: int = 5
+    ) -> list[Scored]:
         tabular = self.tabular.score.remote(records, versions["tabular"], top_k)
         texts = [r.note_text() for r in records]
-        note_calls = [self.note.score.remote((versions["note"], t)) for t in texts if t]
-        combiner = await self._weights(versions["note"]) if note_calls else None
+        note_version = versions.get("note")
+        note_calls = [self.note.score.remote((note_version, t)) for t in texts if t] if note_version else []
+        combiner = await self._weights(note_version) if note_calls else None
         note_risks = iter(await asyncio.gather(*note_calls))
-        out = []
-        for scored, text in zip(await tabular, texts, strict=True):
-            note_risk = next(note_risks) if text else None
-            if note_risk is None:
-                risk, how = scored["risk"], "tabular model only (no clinical note given)"
-            else:
-                risk = float(combiner(np.array([scored["risk"]]), np.array([note_risk]))[0])
-                how = f"tabular and note models combined ({combiner.fitted_on})"
-            out.append(
-                {**scored, "risk": risk, "tabular": scored["risk"], "note": note_risk, "explanation": how}
-            )
-        return out
+        return [
+            combine(result, next(note_risks) if text and note_calls else None, combiner)
+            for result, text in zip(await tabular, texts, strict=True)
+        ]
 
 
 api = FastAPI(
@@ -395,11 +374,15 @@ class Router:
                         "tabular": await asyncio.to_thread(
                             self.loader.resolve, self.args.tabular_model, spec.tabular
                         ),
-                        "note": await asyncio.to_thread(self.loader.resolve, self.args.note_model, spec.note),
+                        "note": None
+                        if spec.note is None
+                        else await asyncio.to_thread(self.loader.resolve, self.args.note_model, spec.note),
                     }
                 if resolved != self.resolved:
                     await self.tabular.warm.remote(sorted({v["tabular"] for v in resolved.values()}))
-                    await self.note.warm.remote(sorted({v["note"] for v in resolved.values()}))
+                    notes = sorted({v["note"] for v in resolved.values() if v["note"] is not None})
+                    if notes:
+                        await self.note.warm.remote(notes)
                     log.info("variants now %s", resolved)
                 self.resolved, self.problem = resolved, None
             except Exception as exc:  # keep serving the previous versions, and say why
@@ -428,7 +411,7 @@ class Router:
             raise HTTPException(413, f"{where}: {size} characters; the limit is {self.args.max_note_chars}")
 
     async def _score(self, records: list[PatientRecord], request_ids: list[str]) -> list[Prediction]:
-        from serve.store import DuplicateRequest, PredictionRecord, patient_key
+        from serve.store import DuplicateRequest
 
         resolved = self._ready()
         weights = self._weights(resolved)
@@ -440,7 +423,7 @@ class Router:
         groups: dict[str, list[int]] = defaultdict(list)
         for i, variant in enumerate(variants):
             groups[variant].append(i)
-        scored: list[dict] = [{}] * len(records)
+        scored: list[Scored | None] = [None] * len(records)
         calls = {
             v: self.combiner.score.remote([records[i] for i in rows], resolved[v], self.args.top_factors)
             for v, rows in groups.items()
@@ -454,37 +437,17 @@ class Router:
             raise HTTPException(503, f"model unavailable ({type(exc).__name__})") from None
         predictions, rows_out = [], []
         for record, rid, variant, result in zip(records, request_ids, variants, scored, strict=True):
-            versions = {"tabular": resolved[variant]["tabular"], "note": resolved[variant]["note"]}
-            band = risk_band(result["risk"], self.config.medium_risk, self.config.high_risk)
-            components = {"tabular": result["tabular"], "note": result["note"]}
-            predictions.append(
-                Prediction(
-                    request_id=rid,
-                    risk=result["risk"],
-                    risk_band=band,
-                    variant=variant,
-                    model_versions=versions,
-                    components=components,
-                    note_used=result["note"] is not None,
-                    explanation=result["explanation"],
-                    top_factors=result["factors"],
-                )
+            prediction = to_prediction(
+                rid,
+                result,
+                variant,
+                dict(resolved[variant]),
+                self.config.medium_risk,
+                self.config.high_risk,
+                record.note_text() is not None,
             )
-            text = record.note_text()
-            rows_out.append(
-                PredictionRecord(
-                    request_id=rid,
-                    variant=variant,
-                    model_versions=versions,
-                    risk=result["risk"],
-                    risk_band=band,
-                    components=components,
-                    features=result["features"],
-                    patient_key=patient_key(record.patient_id) if record.patient_id else None,
-                    note_chars=len(text) if text else None,
-                    note_text=text,
-                )
-            )
+            predictions.append(prediction)
+            rows_out.append(to_store_row(prediction, record, result))
         try:
             await asyncio.to_thread(self.store.log_predictions, rows_out)
         except DuplicateRequest as exc:
@@ -508,7 +471,8 @@ class Router:
                     others[0] if len(others) == 1 else pick_variant(f"shadow:{rid}", {n: 1.0 for n in others})
                 )
                 [result] = await self.combiner.score.remote([record], resolved[other], 0)
-                await asyncio.to_thread(self.store.log_shadow, rid, other, resolved[other], result["risk"])
+                versions = {k: v for k, v in resolved[other].items() if v is not None}
+                await asyncio.to_thread(self.store.log_shadow, rid, other, versions, result.risk)
         except Exception as exc:  # a shadow failure must never touch the served path
             log.warning("shadow scoring failed: %s", type(exc).__name__)
 
