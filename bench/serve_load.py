@@ -7,12 +7,14 @@ Three things are measured in the same run, so a noisy shared machine affects the
   (overridable), all traffic on the champion (weight 1.0, challenger 0.0), shadow off. Each
   prediction is committed to its own SQLite store before the answer, as in production.
 - `baseline`: one uvicorn process (one worker) with a plain FastAPI app that loads the same model
-  versions from the registry and, per request, builds the features, runs the tabular model
-  (risk + top-5 contributions, as the Serve app does), the note model on a batch of one, the
-  combiner, and writes one row to its own SQLite store through serve.store.PredictionStore. The
-  endpoint is a sync `def`, so FastAPI runs it in its thread pool; torch uses 2 threads.
-- `ceiling`: model compute only, in this process, no HTTP, no store: features + tabular risk and
-  contributions + note risk + combiner on batches of 8, 16 and 32 records, measured before and
+  versions from the registry and, per request, does what the Serve deployments do by calling
+  serve.scoring as they do: `score_tabular` (features, calibrated tabular risk, top-5 factors),
+  the note model's risk on a batch of one, `combine`, `to_prediction` for the answer (champion,
+  the RouterConfig default risk bands) and `to_store_row` for the row it commits to its own SQLite
+  store through serve.store.PredictionStore before answering. The endpoint is a sync `def`, so
+  FastAPI runs it in its thread pool; torch uses 2 threads.
+- `ceiling`: model compute only, in this process, no HTTP, no store: the same serve.scoring calls
+  (`score_tabular`, note risk, `combine`) on batches of 8, 16 and 32 records, measured before and
   after the load windows; the best is reported.
 
 Per window the report also has each server's CPU use from /proc (its process tree: for Serve every
@@ -37,7 +39,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
 import platform
 import random
@@ -52,12 +53,15 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 from common import emit  # noqa: E402
+
+if TYPE_CHECKING:
+    from serve.scoring import Scored
 
 log = logging.getLogger("bench.serve_load")
 
@@ -262,104 +266,21 @@ def load_models(data_dir: Path, versions: dict[str, str]):
     return tabular, note, RiskCombiner(**stored) if stored else RiskCombiner()
 
 
-def score_records(tabular, note, combiner, records, note_batch: int) -> list[dict]:
-    """What one Serve request computes, for a list of records: features, tabular risk and top
-    contributions, note risk, combined risk (the same calls as TabularScorer/NoteScorer/Combiner)."""
-    import numpy as np
-    import pandas as pd
+def score_records(tabular, note, combiner, records, note_batch: int) -> list[Scored]:
+    """What one Serve request computes, for a list of records, through serve.scoring as the
+    deployments call it: `score_tabular` (features, calibrated risk, top factors; TabularScorer),
+    the note model's risk for the records that have a note (NoteScorer; only when a note model is
+    given) and `combine` (Combiner). Returns one `serve.scoring.Scored` per record."""
+    from serve.scoring import combine, score_tabular
 
-    from serve.records import record_features
-
-    names = list(tabular.feature_names)
-    rows = [record_features(r, names) for r in records]
-    frame = pd.DataFrame(rows, columns=names)
-    tab = tabular.predict_proba(frame)
-    factors = with_values(tabular.explain(frame, top_k=TOP_FACTORS), rows)
+    results = score_tabular(tabular, records, TOP_FACTORS)
     texts = [r.note_text() for r in records]
-    note_risk = note.risk(texts, note_batch)
-    risk = combiner(np.asarray(tab), np.asarray(note_risk))
+    given = [t for t in texts if t] if note is not None else []
+    note_risks = iter([float(r) for r in note.risk(given, note_batch)] if given else [])
     return [
-        {"risk": float(p), "tabular": float(t), "note": float(n), "factors": f, "features": row}
-        for p, t, n, f, row in zip(risk, tab, note_risk, factors, rows, strict=True)
+        combine(result, next(note_risks) if text and given else None, combiner if given else None)
+        for result, text in zip(results, texts, strict=True)
     ]
-
-
-def plain_value(value: Any) -> float | str | None:
-    """A feature value as the API's Factor.value (float, str or None)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, bool | int | float | str):
-        return value
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    return None if math.isnan(number) else number
-
-
-def with_values(factors: list[list[dict]], rows: list[dict]) -> list[list[dict]]:
-    """Top factors with the record's value of each feature, which serve.records.Factor requires
-    (TabularPredictor.explain gives feature and contribution only)."""
-    for found, row in zip(factors, rows, strict=True):
-        for factor in found:
-            factor.setdefault("value", plain_value(row.get(factor["feature"])))
-    return factors
-
-
-# --------------------------------------------------------------------------- Serve workaround
-#
-# Applied only when the problem is present (detected at start; recorded in the report), so the
-# benchmark measures the app as it is once serve/app.py is fixed. It does not change the work done.
-
-
-class ValuesPredictor:
-    """A TabularPredictor whose `explain` also gives each factor's value (the workaround)."""
-
-    def __init__(self, predictor: Any):
-        self._predictor = predictor
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._predictor, name)
-
-    def explain(self, frame, top_k: int = 5) -> list[list[dict]]:
-        rows = frame.to_dict(orient="records")
-        return with_values(self._predictor.explain(frame, top_k=top_k), rows)
-
-
-class ValuesLoader:
-    """serve.app.RegistryLoader (made in the replica) with ValuesPredictor for the tabular model:
-    passed to TabularScorer through its `loader` argument."""
-
-    def __init__(self, data_dir: str):
-        self.data_dir = data_dir
-        self._inner = None
-
-    def _loader(self):
-        if self._inner is None:
-            from serve.app import RegistryLoader
-
-            self._inner = RegistryLoader(self.data_dir)
-        return self._inner
-
-    def resolve(self, name: str, ref: str) -> str:
-        return self._loader().resolve(name, ref)
-
-    def tabular(self, name: str, version: str) -> Any:
-        return ValuesPredictor(self._loader().tabular(name, version))
-
-    def note(self, name: str, version: str) -> Any:
-        return self._loader().note(name, version)
-
-
-def explain_lacks_values(tabular) -> bool:
-    """The workaround is needed: TabularScorer._score of serve/app.py (run here on the loaded model)
-    gives factors without the `value` that serve.records.Factor requires."""
-    from serve.app import TabularScorer
-    from serve.records import Factor, PatientRecord
-
-    [scored] = TabularScorer.func_or_class._score(tabular, [PatientRecord(age=70)], 1)
-    missing = any("value" not in factor for factor in scored["factors"])
-    return missing and Factor.model_fields["value"].is_required()
 
 
 # --------------------------------------------------------------------------- baseline server
@@ -371,15 +292,16 @@ def baseline_server(args: argparse.Namespace) -> None:
     import uvicorn
     from fastapi import FastAPI, Request, Response
 
-    from serve.records import PatientRecord, Prediction, risk_band
-    from serve.store import PredictionRecord, PredictionStore, patient_key
+    from data.record import PatientRecord
+    from serve.records import Prediction
+    from serve.scoring import to_prediction, to_store_row
+    from serve.store import PredictionStore
 
     torch.set_num_threads(args.threads)
     versions = {TABULAR: args.tabular_version, NOTE: args.note_version}
     tabular, note, combiner = load_models(Path(args.data_dir), versions)
-    store = PredictionStore(args.store_url)
+    store = PredictionStore(args.store_url)  # store_note_text=False, as the Router's default
     model_versions = {"tabular": args.tabular_version, "note": args.note_version}
-    how = f"tabular and note models combined ({combiner.fitted_on})"
     app = FastAPI()
 
     @app.get("/healthz")
@@ -387,40 +309,23 @@ def baseline_server(args: argparse.Namespace) -> None:
         return {"status": "ok", "versions": model_versions, "pid": os.getpid()}
 
     def predict(record: PatientRecord, request: Request, response: Response) -> Prediction:
+        """Router._score for one record on the champion: scored, answered and stored alike."""
         import uuid
 
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        [result] = score_records(tabular, note, combiner, [record], 1)
-        band = risk_band(result["risk"], MEDIUM_RISK, HIGH_RISK)
-        components = {"tabular": result["tabular"], "note": result["note"]}
-        text = record.note_text()
-        store.log_predictions(
-            [
-                PredictionRecord(
-                    request_id=rid,
-                    variant="champion",
-                    model_versions=model_versions,
-                    risk=result["risk"],
-                    risk_band=band,
-                    components=components,
-                    features=result["features"],
-                    patient_key=patient_key(record.patient_id) if record.patient_id else None,
-                    note_chars=len(text) if text else None,
-                )
-            ]
+        [scored] = score_records(tabular, note, combiner, [record], 1)
+        prediction = to_prediction(
+            rid,
+            scored,
+            "champion",
+            dict(model_versions),
+            MEDIUM_RISK,
+            HIGH_RISK,
+            record.note_text() is not None,
         )
+        store.log_predictions([to_store_row(prediction, record, scored)])
         response.headers["x-request-id"] = rid
-        return Prediction(
-            request_id=rid,
-            risk=result["risk"],
-            risk_band=band,
-            variant="champion",
-            model_versions=model_versions,
-            components=components,
-            note_used=True,
-            explanation=how,
-            top_factors=result["factors"],
-        )
+        return prediction
 
     # Annotations are strings here (future import) naming local imports: give FastAPI the classes.
     predict.__annotations__ = {
@@ -494,12 +399,11 @@ def deployment_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return options
 
 
-def serve_application(app_args: dict, router: dict, note_batch: dict, options: dict, values_loader: bool):
+def serve_application(app_args: dict, router: dict, note_batch: dict, options: dict):
     from serve.app import Combiner, NoteScorer, Router, TabularScorer
 
-    loader = ValuesLoader(app_args["data_dir"]) if values_loader else None
     tabular = TabularScorer.options(**options["TabularScorer"]).bind(
-        app_args["tabular_model"], app_args["data_dir"], loader
+        app_args["tabular_model"], app_args["data_dir"]
     )
     note = NoteScorer.options(**options["NoteScorer"], user_config=note_batch).bind(
         app_args["note_model"], app_args["data_dir"]
@@ -621,7 +525,7 @@ def metric_means(before: dict, after: dict) -> dict[str, Any]:
     return out
 
 
-def start_serve(args: argparse.Namespace, data_dir: Path, store_url: str, options: dict, values_loader: bool):
+def start_serve(args: argparse.Namespace, data_dir: Path, store_url: str, options: dict):
     import ray
     from ray import serve
     from ray.serve.config import HTTPOptions
@@ -667,7 +571,7 @@ def start_serve(args: argparse.Namespace, data_dir: Path, store_url: str, option
     }
     note_batch = {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_s}
     serve.run(
-        serve_application(app_args, router, note_batch, options, values_loader),
+        serve_application(app_args, router, note_batch, options),
         name=APP_NAME,
         route_prefix="/",
         logging_config=LoggingConfig(log_level="WARNING", enable_access_log=False),
@@ -766,7 +670,8 @@ def measure(
 
 
 def ceiling(tabular, note, combiner, payloads: Payloads, batch_sizes: list[int], seconds: float) -> dict:
-    from serve.records import PatientRecord
+    """score_records (serve.scoring, as the deployments) per batch, for `seconds` per batch size."""
+    from data.record import PatientRecord
 
     records = [PatientRecord.model_validate(payloads.next()) for _ in range(256)]
     by_batch = {}
@@ -795,21 +700,18 @@ def ceiling(tabular, note, combiner, payloads: Payloads, batch_sizes: list[int],
 
 def component_costs(tabular, note, payloads: Payloads, threads: int, repeats: int = 10) -> dict:
     """CPU milliseconds per record (process time, so less sensitive to other jobs than wall time)
-    of the tabular path (features + risk + contributions, as TabularScorer does per call) and of
-    the note model (torch on 1 thread, as a NoteScorer replica with num_cpus 1), per call of 1
-    record and of 16 records."""
-    import pandas as pd
+    of the tabular path (serve.scoring.score_tabular: features + risk + top factors, as
+    TabularScorer does per call) and of the note model (torch on 1 thread, as a NoteScorer replica
+    with num_cpus 1), per call of 1 record and of 16 records."""
     import torch
 
-    from serve.records import PatientRecord, record_features
+    from data.record import PatientRecord
+    from serve.scoring import score_tabular
 
     records = [PatientRecord.model_validate(payloads.next()) for _ in range(16)]
-    names = list(tabular.feature_names)
 
     def tab(batch):
-        frame = pd.DataFrame([record_features(r, names) for r in batch], columns=names)
-        tabular.predict_proba(frame)
-        tabular.explain(frame, top_k=TOP_FACTORS)
+        score_tabular(tabular, batch, TOP_FACTORS)
 
     def cpu_ms_per_record(fn, batch) -> float:
         fn(batch)
@@ -882,16 +784,6 @@ def run(args: argparse.Namespace) -> dict:
     }
     log.info("note model %s, tokens %s", note_info, tokens)
 
-    workarounds: dict[str, Any] = {}
-    if not args.no_workarounds and explain_lacks_values(tabular):
-        workarounds["factor_values"] = (
-            "serve.records.Factor requires `value` but TabularPredictor.explain (used as is by "
-            "TabularScorer._score) gives feature and contribution only, so every prediction "
-            "would be a 500; TabularScorer got a loader whose predictor adds the record's value "
-            "of each top feature (the baseline does the same)"
-        )
-    log.info("workarounds for serve/app.py: %s", workarounds or "none needed")
-
     costs = component_costs(tabular, note, payloads, args.threads)
     log.info("CPU ms per record: %s", costs)
     # The ceiling is measured before the load windows and again after them (servers idle), and the
@@ -907,7 +799,7 @@ def run(args: argparse.Namespace) -> dict:
             data_dir, f"sqlite:///{stores['baseline']}", versions, args.threads
         )
         serve_url, metrics_port, health, user_configs = start_serve(
-            args, data_dir, f"sqlite:///{stores['serve']}", options, "factor_values" in workarounds
+            args, data_dir, f"sqlite:///{stores['serve']}", options
         )
         served = {v["tabular"] for v in health["variants"].values()} | {
             v["note"] for v in health["variants"].values()
@@ -985,7 +877,6 @@ def run(args: argparse.Namespace) -> dict:
             "batching": user_configs["note_batch"],
             "router_user_config": user_configs["router"],
             "deployment_options": options,
-            "workarounds_for_serve_app_bugs": workarounds or None,
             "replicas_at_start": replicas_at_start,
             "replicas_at_end": replicas_at_end,
             "replicas_during_top_concurrency": serve_extra.get(top, {}).get("replicas"),
@@ -998,13 +889,14 @@ def run(args: argparse.Namespace) -> dict:
         "baseline": {
             "server": "FastAPI sync endpoint (thread pool) on uvicorn, 1 process, 1 worker, no batching",
             "torch_threads": args.threads,
-            "per_request": "features, tabular risk + top-5 contributions, note risk (batch 1), combiner, "
-            "one PredictionStore row (SQLite, committed before the answer)",
+            "per_request": "serve.scoring as the deployments call it: score_tabular (features, tabular "
+            "risk, top-5 factors), note risk (batch 1), combine, to_prediction, and to_store_row's "
+            "PredictionStore row (SQLite, committed before the answer)",
             "store": str(stores["baseline"]),
         },
         "ceiling": {
-            "what": "in-process, no HTTP, no store: features + tabular risk/contributions + note risk "
-            "+ combiner per batch; p50/p99 are batch time per record",
+            "what": "in-process, no HTTP, no store: serve.scoring score_tabular (features, tabular "
+            "risk, top-5 factors) + note risk + combine per batch; p50/p99 are batch time per record",
             "torch_threads": args.threads,
             "seconds_per_batch_size": args.ceiling_seconds,
             "rps_before_and_after_load_windows": {
@@ -1058,7 +950,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ceiling-seconds", type=float, default=10.0)
     parser.add_argument("--wait-models-s", type=float, default=3600.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-workarounds", action="store_true", help="deploy serve/app.py untouched")
     # internal: the baseline server subprocess
     parser.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)

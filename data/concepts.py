@@ -164,7 +164,8 @@ HISTORICAL_POST = ("resolved", "in the past", "years ago", "previously", "has re
 FAMILY = (
     "family history", "family hx", "FHx", "FH", "familial", "mother", "father", "brother", "sister", "son",
     "daughter", "aunt", "uncle", "grandmother", "grandfather", "cousin", "sibling", "siblings", "parents",
-    "mom", "dad", "maternal", "paternal",
+    "mom", "dad", "maternal", "paternal", "husband", "wife", "spouse", "partner", "grandson",
+    "granddaughter", "niece", "nephew", "twin", "relative", "relatives",
 )  # fmt: skip
 TERMINATION = (
     "but", "however", "although", "though", "except", "apart from", "aside from", "yet", "which", "who",
@@ -174,8 +175,15 @@ TERMINATION = (
 )  # fmt: skip
 FAMILY_SECTION = re.compile(r"\b(family|fhx|fh)\b", re.I)
 
+# Titles and abbreviations ("Mrs.", "Dr.", "e.g.") do not end a sentence.
 # An in-line "CLINICAL HISTORY:" (two or more capital words and a colon) also starts a sentence.
-_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|(?<=\s)(?=[A-Z][A-Z&/-]+(?: [A-Z&/-]+)+:\s)|\n(?=\s*[-*•]\s)|\n(?=\s*[A-Za-z][A-Za-z /&()-]{0,40}:)")
+_SENTENCE_END = re.compile(
+    r"(?<=[.!?;])(?<!(?i:\bmr\.))(?<!(?i:\bmrs\.))(?<!(?i:\bms\.))(?<!(?i:\bdr\.))(?<!(?i:\bst\.))"
+    r"(?<!(?i:\bpt\.))(?<!(?i:\bvs\.))(?<!(?i:\be\.g\.))(?<!(?i:\bi\.e\.))\s+"
+    r"|(?<=\s)(?=[A-Z][A-Z&/-]+(?: [A-Z&/-]+)+:\s)"
+    r"|\n(?=\s*[-*•]\s)"
+    r"|\n(?=\s*[A-Za-z][A-Za-z /&()-]{0,40}:)"
+)
 _LIST_LINE = re.compile(r"^[ \t]*(?:[-*•]|\d{1,2}[.)])[ \t].*$", re.M)
 _HEADER = re.compile(r"^\s*([A-Za-z][A-Za-z /&()-]{0,40}):")
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'/-]*")

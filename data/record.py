@@ -47,7 +47,8 @@ def _check_range(name: str, value: Measurement | None, low: float, high: float, 
         raise ValueError(f"{name}: give at least one value or leave it out")
     for v in values:
         if not math.isfinite(v) or not low <= v <= high:
-            raise ValueError(f"{name}: {v} is outside the possible range {low}-{high} {unit}")
+            # The value itself is not echoed: error bodies and logs carry no patient values.
+            raise ValueError(f"{name}: a value is outside the possible range {low}-{high} {unit}")
 
 
 class Vitals(BaseModel):

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
 from ray import serve
@@ -283,6 +284,17 @@ api = FastAPI(
     version="0.1.0",
     description="30-day readmission risk from a patient record and an optional discharge note.",
 )
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming the field and the rule, without echoing the input (it may be a note or a
+    patient's values: FastAPI's default body repeats it)."""
+    detail = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    return JSONResponse(status_code=422, content={"detail": detail})
 
 
 @api.exception_handler(Exception)

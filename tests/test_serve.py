@@ -127,7 +127,12 @@ def test_the_example_request_gets_one_calibrated_risk(client: httpx.Client, stor
     assert set(body["model_versions"]) == {"tabular", "note"}
     assert body["note_used"] is True and body["components"]["note"] is not None
     assert body["components"]["tabular"] is not None
-    assert len(body["top_factors"]) == 5 and {"feature", "contribution"} <= set(body["top_factors"][0])
+    assert len(body["top_factors"]) == 5
+    for factor in body["top_factors"]:
+        assert {"feature", "label", "display", "direction", "known", "contribution"} <= set(factor)
+        assert factor["direction"] == ("raises" if factor["contribution"] >= 0 else "lowers")
+        assert factor["known"] or "unknown" in factor["display"] or "not stated" in factor["display"]
+    assert "labs" in body["missing"] and "age" not in body["missing"] and 0 < body["completeness"] < 1
     assert reply.headers["x-request-id"] == body["request_id"]
     row = store.get(body["request_id"])
     assert row is not None and abs(row["risk"] - body["risk"]) < 1e-9  # committed before the 200
@@ -139,7 +144,8 @@ def test_a_record_without_a_note_uses_the_tabular_risk_alone(client: httpx.Clien
     body = client.post("/predict", json={"age": 80, "labs": {"creatinine": [1.1, 2.4]}}).json()
     assert body["note_used"] is False and body["components"]["note"] is None
     assert body["risk"] == pytest.approx(body["components"]["tabular"])
-    assert "tabular model only" in body["explanation"]
+    assert body["explanation"].startswith("Tabular model (structured data and note concepts).")
+    assert "clinical_note" in body["missing"] and "clinical_note" in body["explanation"]
 
 
 def test_incoming_request_id_is_honoured_and_not_reused(client: httpx.Client, store) -> None:
@@ -224,6 +230,14 @@ def test_bad_fields_are_422_naming_the_field(client: httpx.Client, payload: dict
     assert field in reply.text
 
 
+def test_422_bodies_name_the_field_but_never_echo_values_or_notes(client: httpx.Client) -> None:
+    secret = "Mr. Zyxwv denies chest pain"
+    reply = client.post("/predict", json={"labs": {"albumin": 99.125}, "clinical_note": secret, "sex": "Q"})
+    assert reply.status_code == 422
+    assert "albumin" in reply.text and "sex" in reply.text
+    assert "99.125" not in reply.text and "Zyxwv" not in reply.text and '"Q"' not in reply.text
+
+
 def test_malformed_json_oversized_note_and_bad_request_id(client: httpx.Client) -> None:
     broken = client.post("/predict", content=b'{"age": 67,', headers={"content-type": "application/json"})
     assert broken.status_code == 422
@@ -231,6 +245,90 @@ def test_malformed_json_oversized_note_and_bad_request_id(client: httpx.Client) 
     assert big.status_code == 413 and "clinical_note" in big.text
     assert client.post("/predict", json={}, headers={"x-request-id": "bad id!"}).status_code == 422
     assert client.post("/predict/batch", json={"records": []}).status_code == 422
+
+
+# --------------------------------------------------------------------------- the served answer
+
+
+def test_served_tabular_risk_equals_the_scoring_module_on_replayed_rows(
+    client: httpx.Client, synthetic_raw: Path, registered_models: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows of a raw folder replayed over HTTP (`data.replay`) get the tabular risk that
+    serve.scoring gives the same record with that model version (and `ml score`, see
+    tests/test_record.py)."""
+    from data.record import PatientRecord
+    from data.replay import raw_records
+    from ml import registry
+    from serve.scoring import score_tabular
+
+    monkeypatch.setenv("MEDISCALE_DATA_DIR", str(registered_models["home"]))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    registry.configure()
+    rows = raw_records(str(synthetic_raw), split="test", limit=20)
+    reply = client.post("/predict/batch", json={"records": [r["record"] for r in rows]})
+    assert reply.status_code == 200, reply.text[:500]
+    predictors: dict[str, object] = {}
+    for row, served in zip(rows, reply.json()["predictions"], strict=True):
+        version = served["model_versions"]["tabular"]
+        if version not in predictors:
+            predictors[version] = (
+                registry.load_version("readmission-tabular", version).unwrap_python_model().predictor
+            )
+        [local] = score_tabular(predictors[version], [PatientRecord.model_validate(row["record"])], 0)
+        assert served["components"]["tabular"] == pytest.approx(local.risk, abs=1e-6)
+        assert served["missing"] == local.missing
+
+
+def test_note_factors_quote_their_span_and_never_the_note(client: httpx.Client) -> None:
+    note = "Pt lives alone. She denies chest pain. Reports shortness of breath at discharge."
+    body = client.post("/predict", json={"age": 75, "clinical_note": note, "patient_id": "span-1"}).json()
+    factors = {f["feature"]: f for f in body["top_factors"]}
+    quoted = [e for f in factors.values() for e in f["evidence"]]
+    assert quoted, body["top_factors"]
+    for evidence in quoted:
+        assert note[evidence["start"] : evidence["end"]] == evidence["text"]
+        assert len(evidence["text"]) < 40
+    assert note not in reply_text(body)
+
+
+def reply_text(body: dict) -> str:
+    import json
+
+    return json.dumps(body)
+
+
+@pytest.mark.parametrize("variant", ["champion", "challenger"])
+def test_behavioural_probes_over_http(serve_port: int, app_args: dict, variant: str) -> None:
+    """CheckList probes (ml/behaviour.py) against the application as `make run` configures it
+    (tabular models with note concepts, no opaque note model), once with all traffic on each
+    variant: both registered models must pass every probe."""
+    from ml.behaviour import ProbeError, build_probes, run_probes
+
+    weights = {"champion": 0.0, "challenger": 0.0, variant: 1.0}
+    router = {
+        "variants": {name: {"weight": w, "tabular": name} for name, w in weights.items()},
+        "shadow": False,
+        "alias_refresh_s": 0,
+    }
+    deploy(app_config("clinic", "/clinic", app_args, router))
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{serve_port}/clinic", timeout=60) as http:
+
+            def score(bodies: list[dict]) -> list[dict]:
+                out = []
+                for b in bodies:
+                    reply = http.post("/predict", json=b)
+                    if reply.status_code != 200:
+                        raise ProbeError(f"HTTP {reply.status_code}: {reply.text[:200]}")
+                    out.append(reply.json())
+                return out
+
+            report = run_probes(score, build_probes())
+    finally:
+        deploy(remove="clinic")
+    assert report.passed + report.failed >= 30 and len(report.by_category) == 8
+    assert {v for r in report.results for v in r.variants} == {variant}
+    assert report.failed == 0, [(r.name, r.risks, r.reason) for r in report.failures()]
 
 
 # --------------------------------------------------------------------------- hot reload
