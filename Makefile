@@ -19,7 +19,7 @@ NOTE_ARGS := --task readmission --features $(DATA_DIR)/features --register --sam
 CURL_EXAMPLE := curl -s localhost:8000/predict -H 'content-type: application/json' \
 	-d '{"age": 67, "blood_pressure": 140, "prior_admissions_365d": 2, "clinical_note": "Reports chest pain at discharge. Lives alone."}'
 
-.PHONY: run models note-models serve venv data test lint format bench-data bench-tabular bench-text bench-tune bench-serve tune clean \
+.PHONY: run models note-models serve venv data test test-fast lint format bench-data bench-tabular bench-text bench-tune bench-serve tune clean \
 	render deploy-check image image-gpu
 REGISTRY ?= registry.example.com
 RAY_VERSION := $(shell sed -n 's/^ARG RAY_VERSION=//p' Dockerfile)
@@ -73,6 +73,10 @@ $(MODELS)/notes_challenger.json: $(MODELS)/notes_metrics.json
 
 test: venv
 	$(BIN)/pytest
+
+# The edit-loop tier: no Ray cluster, no slow tests (about a minute).
+test-fast: venv
+	$(BIN)/pytest -m "not ray and not slow" -q
 
 lint: venv
 	$(BIN)/ruff check .

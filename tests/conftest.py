@@ -42,6 +42,14 @@ def datasets_dir() -> Path:
     return folder
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that need the Ray cluster (directly or through a fixture) get the `ray` marker, so
+    `make test-fast` (-m "not ray and not slow") is the edit-loop tier."""
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -158,7 +158,8 @@ def test_batch_scores_equal_the_served_scoring_path(
     assert summary["version"] == "1" and summary["rows"] == len(
         read_split_pandas(str(synthetic_features), "test")
     )
-    scores = pd.read_parquet(out).set_index("admission_id")
+    assert json.loads((out / "manifest.json").read_text())["rows"] == summary["rows"]
+    scores = pd.concat([pd.read_parquet(f) for f in sorted(out.glob("*.parquet"))]).set_index("admission_id")
     registry.configure()
     predictor = registry.load_version("readmission-tabular", "1").unwrap_python_model().predictor
     records = [PatientRecord.model_validate(r["record"]) for r in test_records]
