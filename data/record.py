@@ -189,10 +189,12 @@ def blank_group(frame: pd.DataFrame, group: str, rows: np.ndarray) -> None:
     for column in group_columns(group, list(frame.columns)):
         if column.endswith("_count"):
             frame.loc[rows, column] = 0  # no measurement of an item: count 0, stats unknown
-        else:
-            if frame[column].dtype == bool or pd.api.types.is_integer_dtype(frame[column]):
-                frame[column] = frame[column].astype("float64" if frame[column].dtype != bool else object)
-            frame.loc[rows, column] = None
+            continue
+        if pd.api.types.is_bool_dtype(frame[column]):
+            frame[column] = frame[column].astype(object)  # True / False / None
+        elif pd.api.types.is_integer_dtype(frame[column]):
+            frame[column] = frame[column].astype("float64")
+        frame.loc[rows, column] = None
 
 
 def mask_groups(frame: pd.DataFrame, rate: float, seed: int) -> pd.DataFrame:
@@ -281,9 +283,8 @@ def record_features(records: list[PatientRecord]) -> pd.DataFrame:
     return frame.reindex(columns=columns).reset_index(drop=True)
 
 
-def feature_rows(records: list[PatientRecord], feature_names: list[str]) -> list[dict[str, Any]]:
-    """Feature rows as plain dicts for the given model columns (what the prediction store keeps)."""
-    frame = record_features(records).reindex(columns=feature_names)
+def feature_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Feature rows as plain dicts, unknowns as None (what the prediction store keeps)."""
     rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
     return [
         {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in rows

@@ -94,7 +94,7 @@ def score_tabular(predictor: Any, records: list[PatientRecord], top_k: int = 5) 
     names = list(predictor.feature_names)
     frame = record_features(records).reindex(columns=names)
     risk = predictor.predict_proba(frame)
-    rows = feature_rows(records, names)
+    rows = feature_rows(frame)
     out = []
     contributions = predictor.contributions(frame).drop(columns="bias") if top_k else None
     for i, record in enumerate(records):

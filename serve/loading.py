@@ -1,0 +1,72 @@
+"""Where the scorers get models: an injectable loader (the MLflow registry by default) and a
+per-replica cache that loads each version once and keeps the newest few, so a switch never
+unloads a model a request still uses."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, defaultdict
+from pathlib import Path
+from typing import Any, Protocol
+
+from serve.settings import MODELS_KEPT
+
+log = logging.getLogger("ray.serve")
+
+
+class ModelLoader(Protocol):
+    def resolve(self, name: str, ref: str) -> str: ...
+    def tabular(self, name: str, version: str) -> Any: ...
+    def note(self, name: str, version: str) -> Any: ...
+
+
+class RegistryLoader:
+    """Models from the MLflow registry (tracking URI from the environment or the data dir)."""
+
+    def __init__(self, data_dir: str | None = None):
+        from data.config import Settings
+        from ml import registry
+
+        settings = Settings.from_env()
+        if data_dir:
+            settings = settings.model_copy(update={"data_dir": Path(data_dir)})
+        registry.configure(settings)
+
+    def resolve(self, name: str, ref: str) -> str:
+        from ml import registry
+
+        return registry.resolve(name, ref)
+
+    def tabular(self, name: str, version: str) -> Any:
+        from ml import registry
+
+        return registry.load_version(name, version).unwrap_python_model().predictor
+
+    def note(self, name: str, version: str) -> Any:
+        from ml import registry
+
+        return registry.load_version(name, version).unwrap_python_model().predictor
+
+
+class _ModelCache:
+    """Versions loaded on demand (once, even under concurrent requests), the newest few kept."""
+
+    def __init__(self, load):
+        self._load = load
+        self._models: OrderedDict[str, Any] = OrderedDict()
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def get(self, version: str) -> Any:
+        if version in self._models:
+            self._models.move_to_end(version)
+            return self._models[version]
+        async with self._locks[version]:
+            if version not in self._models:
+                started = time.perf_counter()
+                self._models[version] = await asyncio.to_thread(self._load, version)
+                log.info("loaded version %s in %.1f s", version, time.perf_counter() - started)
+                while len(self._models) > MODELS_KEPT:
+                    self._models.popitem(last=False)
+        return self._models[version]

@@ -1,0 +1,318 @@
+"""The HTTP front door (FastAPI under `@serve.ingress`): validation, sticky variant assignment,
+the prediction log, shadow scoring and feedback.
+
+(No `from __future__ import annotations` here: FastAPI must see the endpoint annotations as
+real types through Serve's ingress wrapper, or it takes the body for query parameters.)
+"""
+
+import asyncio
+import hashlib
+import logging
+import os
+import re
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serve.loading import ModelLoader, RegistryLoader
+from serve.records import (
+    REQUEST_ID_PATTERN,
+    BatchPrediction,
+    BatchRequest,
+    Feedback,
+    PatientRecord,
+    Prediction,
+)
+from serve.scoring import Scored, to_prediction, to_store_row
+from serve.settings import AppArgs, RouterConfig
+
+log = logging.getLogger("ray.serve")
+
+
+api = FastAPI(
+    title="MediScale readmission risk",
+    version="0.1.0",
+    description="30-day readmission risk from a patient record and an optional discharge note.",
+)
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming the field and the rule, without echoing the input (it may be a note or a
+    patient's values: FastAPI's default body repeats it)."""
+    detail = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    return JSONResponse(status_code=422, content={"detail": detail})
+
+
+@api.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """A bug must not leak a stack trace (or patient data) to the client."""
+    log.error("unhandled %s on %s", type(exc).__name__, request.url.path)
+    return JSONResponse(status_code=500, content={"detail": "internal error; see the server log"})
+
+
+def _request_id(request: Request) -> str:
+    """The client's x-request-id (Serve's proxy passes it through, or sets a fresh one, and
+    echoes it on the response)."""
+    given = request.headers.get("x-request-id")
+    if given is None:
+        return uuid.uuid4().hex
+    if not re.fullmatch(REQUEST_ID_PATTERN, given):
+        raise HTTPException(422, "x-request-id: use 1-128 letters, digits or . _ : -")
+    return given
+
+
+def assignment_point(key: str) -> float:
+    """A stable point in [0, 1) for a patient or request id (the same in every replica)."""
+    digest = hashlib.sha256(key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def pick_variant(key: str, weights: dict[str, float]) -> str:
+    total = sum(weights.values())
+    point, edge = assignment_point(key) * total, 0.0
+    names = sorted(n for n, w in weights.items() if w > 0)  # order-free: same pick however listed
+    for name in names:
+        edge += weights[name]
+        if point < edge:
+            return name
+    return names[-1]
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, user_config=RouterConfig().model_dump())
+@serve.ingress(api)
+class Router:
+    """HTTP front door: validation, variant assignment, prediction log, feedback."""
+
+    def __init__(
+        self,
+        combiner: DeploymentHandle,
+        tabular: DeploymentHandle,
+        note: DeploymentHandle,
+        args: dict | None = None,
+        loader: ModelLoader | None = None,
+    ):
+        from serve.store import PredictionStore
+
+        self.args = AppArgs.model_validate(args or {})
+        self.combiner, self.tabular, self.note = combiner, tabular, note
+        self.loader = loader or RegistryLoader(self.args.data_dir)
+        self.store = PredictionStore(self._store_url(), store_note_text=self.args.store_note_text)
+        self.config = RouterConfig()
+        self.resolved: dict[str, dict[str, str]] = {}  # variant -> {"tabular": v, "note": v}
+        self.problem: str | None = "starting"
+        self.served: defaultdict[str, int] = defaultdict(int)
+        self._refresher: asyncio.Task | None = None
+        self._switch = asyncio.Lock()
+        self._background: set[asyncio.Task] = set()
+
+    def _store_url(self) -> str | None:
+        if self.args.store_url or os.environ.get("MEDISCALE_STORE_URL"):
+            return self.args.store_url or os.environ["MEDISCALE_STORE_URL"]
+        if self.args.data_dir:
+            return f"sqlite:///{Path(self.args.data_dir).resolve() / 'predictions.db'}"
+        return None  # the store's own default: SQLite in the data dir
+
+    # ------------------------------------------------------------------ configuration
+
+    async def reconfigure(self, config: dict) -> None:
+        self.config = RouterConfig.model_validate(config or {})
+        await self._refresh()
+        if self._refresher is None and self.config.alias_refresh_s > 0:
+            self._refresher = asyncio.create_task(self._refresh_forever())
+
+    async def _refresh(self) -> None:
+        """Resolve every variant's references; load new versions everywhere; then switch."""
+        async with self._switch:
+            try:
+                resolved = {}
+                for name, spec in self.config.variants.items():
+                    if spec.weight <= 0 and not self.config.shadow:
+                        continue
+                    resolved[name] = {
+                        "tabular": await asyncio.to_thread(
+                            self.loader.resolve, self.args.tabular_model, spec.tabular
+                        ),
+                        "note": None
+                        if spec.note is None
+                        else await asyncio.to_thread(self.loader.resolve, self.args.note_model, spec.note),
+                    }
+                if resolved != self.resolved:
+                    await self.tabular.warm.remote(sorted({v["tabular"] for v in resolved.values()}))
+                    notes = sorted({v["note"] for v in resolved.values() if v["note"] is not None})
+                    if notes:
+                        await self.note.warm.remote(notes)
+                    log.info("variants now %s", resolved)
+                self.resolved, self.problem = resolved, None
+            except Exception as exc:  # keep serving the previous versions, and say why
+                self.problem = f"models not ready: {type(exc).__name__}: {exc}"
+                log.error("variant refresh failed: %s", self.problem)
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.alias_refresh_s or 30.0)
+            if self.config.alias_refresh_s > 0:
+                await self._refresh()
+
+    def _ready(self) -> dict[str, dict[str, str]]:
+        if not self.resolved:
+            raise HTTPException(503, self.problem or "models not loaded")
+        return self.resolved
+
+    def _weights(self, resolved: dict[str, dict[str, str]]) -> dict[str, float]:
+        return {n: s.weight for n, s in self.config.variants.items() if n in resolved and s.weight > 0}
+
+    # ------------------------------------------------------------------ scoring
+
+    def _check_note(self, record: PatientRecord, where: str = "clinical_note") -> None:
+        size = len(record.clinical_note or "")
+        if size > self.args.max_note_chars:
+            raise HTTPException(413, f"{where}: {size} characters; the limit is {self.args.max_note_chars}")
+
+    async def _score(self, records: list[PatientRecord], request_ids: list[str]) -> list[Prediction]:
+        from serve.store import DuplicateRequest
+
+        resolved = self._ready()
+        weights = self._weights(resolved)
+        if not weights:
+            raise HTTPException(503, "no variant has a positive weight with loaded models")
+        variants = [
+            pick_variant(r.patient_id or rid, weights) for r, rid in zip(records, request_ids, strict=True)
+        ]
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, variant in enumerate(variants):
+            groups[variant].append(i)
+        scored: list[Scored | None] = [None] * len(records)
+        calls = {
+            v: self.combiner.score.remote([records[i] for i in rows], resolved[v], self.args.top_factors)
+            for v, rows in groups.items()
+        }
+        try:
+            for variant, rows in groups.items():
+                for i, result in zip(rows, await calls[variant], strict=True):
+                    scored[i] = result
+        except Exception as exc:
+            log.error("scoring failed: %s", type(exc).__name__)
+            raise HTTPException(503, f"model unavailable ({type(exc).__name__})") from None
+        predictions, rows_out = [], []
+        for record, rid, variant, result in zip(records, request_ids, variants, scored, strict=True):
+            prediction = to_prediction(
+                rid,
+                result,
+                variant,
+                dict(resolved[variant]),
+                self.config.medium_risk,
+                self.config.high_risk,
+                record.note_text() is not None,
+            )
+            predictions.append(prediction)
+            rows_out.append(to_store_row(prediction, record, result))
+        try:
+            await asyncio.to_thread(self.store.log_predictions, rows_out)
+        except DuplicateRequest as exc:
+            raise HTTPException(409, str(exc)) from None
+        for variant in variants:
+            self.served[variant] += 1
+        if self.config.shadow:
+            task = asyncio.create_task(self._shadow(records, request_ids, variants, resolved))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return predictions
+
+    async def _shadow(self, records, request_ids, variants, resolved) -> None:
+        """Score with another variant and log it; never returned, never awaited by a client."""
+        try:
+            for record, rid, variant in zip(records, request_ids, variants, strict=True):
+                others = [n for n in resolved if n != variant]
+                if not others:
+                    continue
+                other = (
+                    others[0] if len(others) == 1 else pick_variant(f"shadow:{rid}", {n: 1.0 for n in others})
+                )
+                [result] = await self.combiner.score.remote([record], resolved[other], 0)
+                versions = {k: v for k, v in resolved[other].items() if v is not None}
+                await asyncio.to_thread(self.store.log_shadow, rid, other, versions, result.risk)
+        except Exception as exc:  # a shadow failure must never touch the served path
+            log.warning("shadow scoring failed: %s", type(exc).__name__)
+
+    # ------------------------------------------------------------------ HTTP
+
+    @api.post("/predict", response_model=Prediction)
+    async def predict(self, record: PatientRecord, request: Request) -> Prediction:
+        """One record -> risk, band, variant, model versions, components and top factors."""
+        request_id = _request_id(request)
+        self._check_note(record)
+        [prediction] = await self._score([record], [request_id])
+        return prediction
+
+    @api.post("/predict/batch", response_model=BatchPrediction)
+    async def predict_batch(self, batch: BatchRequest, request: Request) -> BatchPrediction:
+        """Many records in one call; request ids are `<x-request-id or random>-<index>`."""
+        base = _request_id(request)
+        for i, record in enumerate(batch.records):
+            self._check_note(record, f"records[{i}].clinical_note")
+        ids = [f"{base}-{i}" for i in range(len(batch.records))]
+        return BatchPrediction(predictions=await self._score(batch.records, ids))
+
+    @api.post("/feedback")
+    async def feedback(self, feedback: Feedback) -> dict:
+        """The observed outcome of a prediction; one per request id (a second one is refused)."""
+        from serve.store import DuplicateFeedback, UnknownRequest
+
+        try:
+            row = await asyncio.to_thread(
+                self.store.add_feedback, feedback.request_id, feedback.outcome, feedback.source
+            )
+        except UnknownRequest:
+            raise HTTPException(404, f"request_id {feedback.request_id!r}: no such prediction") from None
+        except DuplicateFeedback:
+            raise HTTPException(
+                409, f"request_id {feedback.request_id!r}: feedback already recorded"
+            ) from None
+        return {
+            "request_id": feedback.request_id,
+            "outcome": feedback.outcome,
+            "risk": row.get("risk"),
+            "variant": row.get("variant"),
+        }
+
+    @api.get("/variants")
+    async def variants(self) -> dict:
+        """Weights, model references and the versions they resolve to, and request counts."""
+        counts = await asyncio.to_thread(self.store.counts_by_variant)
+        return {
+            "variants": {
+                name: {
+                    "weight": spec.weight,
+                    "tabular": spec.tabular,
+                    "note": spec.note,
+                    "versions": self.resolved.get(name),
+                }
+                for name, spec in self.config.variants.items()
+            },
+            "shadow": self.config.shadow,
+            "requests": counts,
+            "requests_this_replica": dict(self.served),
+            "models": {"tabular": self.args.tabular_model, "note": self.args.note_model},
+            "replica": {"pid": os.getpid(), "problem": self.problem},
+        }
+
+    @api.get("/healthz")
+    async def healthz(self) -> JSONResponse:
+        """200 when the models are loaded; 503 with the reason otherwise."""
+        if self.resolved and self.problem is None:
+            return JSONResponse({"status": "ok", "variants": self.resolved})
+        status = 200 if self.resolved else 503
+        return JSONResponse(
+            {"status": "degraded" if self.resolved else "unhealthy", "reason": self.problem},
+            status_code=status,
+        )

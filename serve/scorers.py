@@ -1,0 +1,128 @@
+"""The model deployments: TabularScorer, NoteScorer (@serve.batch) and the Combiner. Thin async
+plumbing: what they compute is serve/scoring.py; models come through serve/loading.py.
+
+(No `from __future__ import annotations`: Serve inspects these signatures at deploy time.)
+"""
+
+import asyncio
+import logging
+from collections import defaultdict
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serve.loading import ModelLoader, RegistryLoader, _ModelCache
+from serve.records import PatientRecord
+from serve.scoring import Scored, TabularResult, combine, score_tabular
+from serve.settings import NOTE_MODEL, TABULAR_MODEL, NoteBatchConfig
+
+log = logging.getLogger("ray.serve")
+
+
+def _threads() -> int:
+    """Torch threads = the CPUs Ray gave this replica (at least 1)."""
+    import ray
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    return max(1, int(cpus))
+
+
+# Defaults match serve/config.yaml (which overrides them): small CPU shares, so the whole
+# graph fits a 2-CPU machine; the note scorer gets a full CPU for its forward passes.
+@serve.deployment(ray_actor_options={"num_cpus": 0.25})
+class TabularScorer:
+    """The registered XGBoost model: calibrated risk and the top contributing features."""
+
+    def __init__(
+        self, model_name: str = TABULAR_MODEL, data_dir: str | None = None, loader: ModelLoader | None = None
+    ):
+        self.loader = loader or RegistryLoader(data_dir)
+        self.model_name = model_name
+        self.models = _ModelCache(lambda version: self.loader.tabular(model_name, version))
+
+    async def warm(self, versions: list[str]) -> None:
+        for version in versions:
+            await self.models.get(version)
+
+    async def score(self, records: list[PatientRecord], version: str, top_k: int = 5) -> list[TabularResult]:
+        predictor = await self.models.get(version)
+        return await asyncio.to_thread(score_tabular, predictor, records, top_k)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1}, user_config=NoteBatchConfig().model_dump())
+class NoteScorer:
+    """The registered note model; concurrent requests are batched by `@serve.batch`."""
+
+    def __init__(
+        self, model_name: str = NOTE_MODEL, data_dir: str | None = None, loader: ModelLoader | None = None
+    ):
+        import torch
+        import transformers
+
+        torch.set_num_threads(_threads())
+        # transformers imports lazily and not thread-safely: resolve the classes the loader
+        # threads need here, once, before two loads can race.
+        _ = transformers.AutoModelForSequenceClassification, transformers.AutoTokenizer
+        self.loader = loader or RegistryLoader(data_dir)
+        self.models = _ModelCache(lambda version: self.loader.note(model_name, version))
+
+    def reconfigure(self, config: dict) -> None:
+        settings = NoteBatchConfig.model_validate(config or {})
+        self.score.set_max_batch_size(settings.max_batch_size)
+        self.score.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+
+    async def warm(self, versions: list[str]) -> None:
+        for version in versions:
+            await self.models.get(version)
+
+    async def combiner(self, version: str) -> dict | None:
+        """The tabular + note weights stored with this note model version, if any."""
+        return (await self.models.get(version)).extra.get("combiner")
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
+    async def score(self, items: list[tuple[str, str]]) -> list[float]:
+        """(version, note text) -> calibrated note risk, one forward pass per version in the batch."""
+        out = [0.0] * len(items)
+        by_version: dict[str, list[int]] = defaultdict(list)
+        for i, (version, _) in enumerate(items):
+            by_version[version].append(i)
+        for version, rows in by_version.items():
+            predictor = await self.models.get(version)
+            texts = [items[i][1] for i in rows]
+            risks = await asyncio.to_thread(predictor.risk, texts, len(texts))
+            for i, r in zip(rows, risks, strict=True):
+                out[i] = float(r)
+        return out
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25})
+class Combiner:
+    """One risk per record from both scorers, with the weights stored with the note model."""
+
+    def __init__(self, tabular: DeploymentHandle, note: DeploymentHandle):
+        self.tabular = tabular
+        self.note = note
+        self.weights: dict[str, Any] = {}
+
+    async def _weights(self, note_version: str):
+        from ml.combine import RiskCombiner
+
+        if note_version not in self.weights:
+            stored = await self.note.combiner.remote(note_version)
+            self.weights[note_version] = RiskCombiner(**stored) if stored else RiskCombiner()
+        return self.weights[note_version]
+
+    async def score(
+        self, records: list[PatientRecord], versions: dict[str, str | None], top_k: int = 5
+    ) -> list[Scored]:
+        tabular = self.tabular.score.remote(records, versions["tabular"], top_k)
+        texts = [r.note_text() for r in records]
+        note_version = versions.get("note")
+        note_calls = [self.note.score.remote((note_version, t)) for t in texts if t] if note_version else []
+        combiner = await self._weights(note_version) if note_calls else None
+        note_risks = iter(await asyncio.gather(*note_calls))
+        return [
+            combine(result, next(note_risks) if text and note_calls else None, combiner)
+            for result, text in zip(await tabular, texts, strict=True)
+        ]
