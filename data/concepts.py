@@ -375,7 +375,9 @@ def find_mentions(text: str | None) -> list[Mention]:
 NOTE_PREFIX = "note_"
 SOCIAL_FEATURES = {
     "lives_alone": "Lives alone (1), lives with others (0), not said (unknown).",
-    "cost_barrier": "Cannot afford medications (1), said otherwise (0), not said (unknown).",
+    # Notes document a cost problem when there is one (as they document symptoms), so a note
+    # that does not say it counts as "no documented barrier", not as unknown.
+    "cost_barrier": "Cannot afford medications, documented (1) or not (0).",
     "followup_arranged": "Follow-up arranged (1), not arranged or declined (0), not said (unknown).",
 }
 NOTE_FEATURES: dict[str, str] = {
@@ -388,7 +390,18 @@ NOTE_FEATURES: dict[str, str] = {
         for c in CONDITIONS
     },
     **{f"{NOTE_PREFIX}{name}": text for name, text in SOCIAL_FEATURES.items()},
+    # Burden counts: one more documented symptom or condition is one more step, whichever it is
+    # (the single flags are sparse; the counts let a small training set learn the dose).
+    f"{NOTE_PREFIX}n_symptoms": "Symptoms present at discharge per the note.",
+    f"{NOTE_PREFIX}n_conditions": "The patient's own chronic conditions per the note.",
 }  # fmt: skip
+# More of these never lowers the risk (XGBoost monotone constraints); follow-up lowers it.
+NOTE_INCREASING = (
+    *(f"{NOTE_PREFIX}{c.name}" for c in (*SYMPTOMS, *CONDITIONS)),
+    f"{NOTE_PREFIX}lives_alone", f"{NOTE_PREFIX}cost_barrier",
+    f"{NOTE_PREFIX}n_symptoms", f"{NOTE_PREFIX}n_conditions",
+)  # fmt: skip
+NOTE_DECREASING = (f"{NOTE_PREFIX}followup_arranged",)
 
 
 def feature_concepts(feature: str) -> tuple[str, ...]:
@@ -398,6 +411,10 @@ def feature_concepts(feature: str) -> tuple[str, ...]:
         return ("lives_alone", "lives_with_others")
     if name == "followup_arranged":
         return ("followup_arranged", "followup_missing")
+    if name == "n_symptoms":
+        return tuple(c.name for c in SYMPTOMS)
+    if name == "n_conditions":
+        return tuple(c.name for c in CONDITIONS)
     return (name,)
 
 
@@ -416,7 +433,9 @@ def concept_values(mentions: list[Mention]) -> dict[str, float]:
 
     # "lives alone" beats "lives with" in one note: "lives alone; her daughter visits" says alone.
     out[f"{NOTE_PREFIX}lives_alone"] = social("lives_alone", "lives_with_others")
-    out[f"{NOTE_PREFIX}cost_barrier"] = social("cost_barrier", None)
+    out[f"{NOTE_PREFIX}cost_barrier"] = float("cost_barrier" in asserted)
+    out[f"{NOTE_PREFIX}n_symptoms"] = float(sum(c.name in asserted for c in SYMPTOMS))
+    out[f"{NOTE_PREFIX}n_conditions"] = float(sum(c.name in asserted for c in CONDITIONS))
     missing = "followup_missing" in asserted
     arranged = "followup_arranged" in asserted
     out[f"{NOTE_PREFIX}followup_arranged"] = (

@@ -28,6 +28,10 @@ STAY_LABELS: dict[str, tuple[str, str | None]] = {
     "charlson_index": ("Charlson comorbidity index", "points"),
     "n_diagnoses": ("Number of diagnosis codes", "codes"),
 }
+COUNT_LABELS = {
+    f"{NOTE_PREFIX}n_symptoms": "Symptoms present at discharge (note)",
+    f"{NOTE_PREFIX}n_conditions": "Chronic conditions (note)",
+}
 STAT_LABELS = {"last": "last", "min": "lowest", "max": "highest", "mean": "mean", "count": "measurements"}
 ITEM_NAMES = {
     "heart_rate": "Heart rate", "sbp": "Systolic BP", "dbp": "Diastolic BP", "resp_rate": "Respiratory rate",
@@ -56,6 +60,9 @@ def _unknown(value: Any) -> bool:
 def describe(feature: str, value: Any) -> FeatureLabel:
     """Label, unit and readable value of one feature's value."""
     known = not _unknown(value)
+    if feature in COUNT_LABELS:
+        shown = "unknown (no note)" if not known else _number(float(value))
+        return FeatureLabel(COUNT_LABELS[feature], None, shown, known)
     if feature.startswith(NOTE_PREFIX):
         concept = CONCEPTS.get(feature.removeprefix(NOTE_PREFIX))
         label = f"{concept.label if concept else feature} (note)"
@@ -65,7 +72,7 @@ def describe(feature: str, value: Any) -> FeatureLabel:
         elif social:
             shown = "yes" if value else "no"
         else:
-            shown = "present" if value else "not present (absent, denied, family or not mentioned)"
+            shown = "present" if value else "not present"
         return FeatureLabel(label, None, shown, known)
     if feature.startswith("cci_"):
         label = f"Charlson: {feature.removeprefix('cci_').replace('_', ' ')}"

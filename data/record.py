@@ -17,7 +17,7 @@ What "not in the record" means, per group (`FEATURE_GROUPS`), is written down on
 | `diagnoses: []` | known: no codes | Charlson 0, count 0, flags false (as a stay without codes) |
 | a lab or vital item absent | not measured | stats NaN, count 0 (exactly as in training) |
 | `clinical_note` absent | unknown | every note concept NaN |
-| a concept not mentioned in a given note | not present | 0 (social facts: NaN, "not said") |
+| a concept not mentioned in a given note | not present | 0 (living situation, follow-up: NaN, "not said") |
 
 Training sees the same: `mask_groups` blanks whole groups of training rows at random in the
 same way (`ml.tabular`), so a partial record is in distribution instead of being routed down
@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from data.concepts import NOTE_FEATURES
+from data.concepts import NOTE_DECREASING, NOTE_FEATURES, NOTE_INCREASING
 from data.schema import DISCHARGE_SUMMARY, LAB_RANGES, VITAL_RANGES
 
 Measurement = float | list[float]
@@ -174,8 +174,14 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     "labs": tuple(f"{item}_{stat}" for item in LAB_RANGES for stat in STATS),
     "note": tuple(NOTE_FEATURES),
 }
-# Where medicine is clear, more never lowers the risk (XGBoost monotone constraints).
-MONOTONE_INCREASING = ("prior_admissions_365d", "prior_ed_visits_365d", "charlson_index", "los_days")
+# Where medicine is clear, more never lowers the risk (XGBoost monotone constraints): more prior
+# admissions, ED visits, Charlson points or days in hospital; a symptom still present, a chronic
+# condition, living alone or a cost barrier documented in the note. Follow-up arranged never
+# raises it.
+MONOTONE_INCREASING = (
+    "prior_admissions_365d", "prior_ed_visits_365d", "charlson_index", "los_days", *NOTE_INCREASING,
+)  # fmt: skip
+MONOTONE_DECREASING = NOTE_DECREASING
 
 
 def group_columns(group: str, columns: list[str]) -> list[str]:

@@ -71,14 +71,21 @@ class TabularConfig(BaseModel):
         "with this probability (data.record.mask_groups), so partial records are in distribution; 0: off.",
     )
     monotone: bool = Field(
-        True, description="More prior admissions, ED visits, Charlson points or LOS never lower the risk."
+        True,
+        description="More prior admissions, ED visits, Charlson points, LOS or documented note "
+        "findings never lower the risk (data.record.MONOTONE_INCREASING).",
+    )
+    additive_notes: bool = Field(
+        True,
+        description="Each note concept acts alone (XGBoost interaction constraints): 'lives alone' "
+        "moves every patient's log-odds by the same step, as a clinician would read it.",
     )
     seed: int = 0
 
     def xgb_params(self, scale_pos_weight: float | None, columns: list[str] | None = None) -> dict[str, Any]:
         params = {
             "objective": "binary:logistic",
-            "eval_metric": ["logloss", "auc"],
+            "eval_metric": ["auc", "logloss"],  # early stopping watches the last: logloss
             "tree_method": "hist",
             "device": "cuda" if self.use_gpu else "cpu",
             "eta": self.learning_rate,
@@ -94,11 +101,19 @@ class TabularConfig(BaseModel):
         if scale_pos_weight:
             params["scale_pos_weight"] = scale_pos_weight
         if self.monotone and columns:
-            from data.record import MONOTONE_INCREASING
+            from data.record import MONOTONE_DECREASING, MONOTONE_INCREASING
 
             constrained = {name: 1 for name in MONOTONE_INCREASING if name in columns}
+            constrained |= {name: -1 for name in MONOTONE_DECREASING if name in columns}
             if constrained:
                 params["monotone_constraints"] = constrained
+        if self.additive_notes and columns:
+            from data.concepts import NOTE_PREFIX
+
+            notes = [c for c in columns if c.startswith(NOTE_PREFIX)]
+            if notes:
+                rest = [c for c in columns if not c.startswith(NOTE_PREFIX)]
+                params["interaction_constraints"] = [rest, *([n] for n in notes)]
         return params
 
 

@@ -65,10 +65,28 @@ def _plain(value: Any) -> float | str | None:
 def _evidence(feature: str, mentions: list[Mention], text: str) -> list[Evidence]:
     concepts = feature_concepts(feature)
     found = [m for m in mentions if m.concept in concepts]
+    if feature.startswith("note_n_"):  # a count quotes what it counted
+        found = [m for m in found if m.asserted]
     return [
         Evidence(start=m.start, end=m.end, text=text[m.start : m.end], status=m.status, cue=m.cue)
         for m in found[:MAX_EVIDENCE]
     ]
+
+
+STATUS_WORDS = {
+    "absent": "denied or absent",
+    "family": "family history only",
+    "historical": "in the past",
+    "hypothetical": "only as a possibility",
+}
+
+
+def _note_display(display: str, value: Any, evidence: list[Evidence]) -> str:
+    """'not present' said the way the note said it: denied, a relative's, in the past ..."""
+    if value != 0 or not display.startswith("not present"):
+        return display
+    words = sorted({STATUS_WORDS[e.status] for e in evidence if e.status in STATUS_WORDS})
+    return f"not present: {', '.join(words)}" if words else "not mentioned"
 
 
 def factor(
@@ -76,16 +94,17 @@ def factor(
 ) -> Factor:
     """One explained feature: clinical label, value with unit (or 'unknown'), direction, spans."""
     label = describe(feature, _plain(value))
+    evidence = _evidence(feature, mentions, text) if text and feature.startswith("note_") else []
     return Factor(
         feature=feature,
         label=label.label,
         value=_plain(value),
-        display=label.display,
+        display=_note_display(label.display, _plain(value), evidence),
         unit=label.unit,
         known=label.known,
         direction="raises" if contribution >= 0 else "lowers",
         contribution=round(float(contribution), 4),
-        evidence=_evidence(feature, mentions, text) if text and feature.startswith("note_") else [],
+        evidence=evidence,
     )
 
 

@@ -169,3 +169,35 @@ def test_batch_scores_equal_the_served_scoring_path(
     unknown = _cli("-m", "ml", "score", "--features", str(synthetic_features), "--model", "no-such-model",
                    "--out", str(tmp_path / "x"), cluster=ray_cluster)  # fmt: skip
     assert unknown.returncode == 2 and "no-such-model" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_batch_scores_to_s3(
+    ray_cluster: object,
+    s3_endpoint: str,
+    registered_models: dict,
+    synthetic_features: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`ml score` writes to an S3 URI (a local S3 server) with its manifest, and an existing
+    output is kept unless overwrite."""
+    import pyarrow.dataset as pads
+    import pyarrow.fs as pafs
+
+    from data.featureset import read_split_pandas
+    from data.storage import resolve
+    from ml.batch import score_features
+
+    monkeypatch.setenv("MEDISCALE_DATA_DIR", str(registered_models["home"]))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = "s3://mediscale-test/scores"
+    summary = score_features(str(synthetic_features), "readmission-tabular@2", out, ["valid"])
+    assert summary["version"] == "2" and summary["out"] == out
+    remote = resolve(out)
+    files = [
+        i.path for i in remote.fs.get_file_info(pafs.FileSelector(remote.path)) if i.path.endswith(".parquet")
+    ]
+    scores = pads.dataset(files, filesystem=remote.fs, format="parquet").to_table().to_pandas()
+    assert len(scores) == len(read_split_pandas(str(synthetic_features), "valid")) == summary["rows"]
+    assert scores["risk"].between(0, 1).all() and set(scores["version"]) == {"2"}
+    with pytest.raises(FileExistsError):
+        score_features(str(synthetic_features), "readmission-tabular@2", out, ["valid"])
