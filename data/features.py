@@ -227,9 +227,40 @@ def fill_absent(table: pd.DataFrame, diagnoses_known: np.ndarray | None = None) 
     return table
 
 
+# A chronic condition the note asserts counts in the Charlson index as a coded one does.
+NOTE_CHARLSON = {
+    "chf": "congestive_heart_failure", "copd": "chronic_pulmonary", "diabetes": "diabetes",
+    "ckd": "renal", "cancer": "malignancy", "dementia": "dementia", "liver_disease": "mild_liver",
+    "stroke": "cerebrovascular", "pad": "peripheral_vascular",
+}  # fmt: skip
+ALL_SOURCES = "charlson_all_sources"
+
+
+def comorbidity_features(table: pd.DataFrame) -> pd.DataFrame:
+    """`charlson_all_sources`: the Charlson index of the categories coded OR asserted in the
+    note (claims miss conditions that the discharge summary states). Unknown only when
+    neither the codes nor a note are known."""
+    flags = pd.DataFrame(
+        {name: table.get(f"cci_{name}", pd.Series(None, index=table.index)) for name in charlson.CATEGORIES},
+        index=table.index,
+    )
+    codes_known = table["charlson_index"].notna() if "charlson_index" in table else False
+    union = flags.astype(object).where(flags.notna(), False).astype(bool)
+    note_known = pd.Series(False, index=table.index)
+    for condition, category in NOTE_CHARLSON.items():
+        column = f"note_{condition}"
+        if column in table:
+            union[category] |= table[column].astype(float).fillna(0).to_numpy() > 0
+            note_known |= table[column].notna()
+    index = charlson.charlson_index(union).astype("float64")
+    table[ALL_SOURCES] = index.where(codes_known | note_known, np.nan)
+    return table
+
+
 def finalize(table: pd.DataFrame) -> pd.DataFrame:
-    """Absent measurements and codes filled (`fill_absent`), integer types, the patient split."""
-    table = fill_absent(table)
+    """Absent measurements and codes filled (`fill_absent`), integer types, the comorbidity
+    index of all sources, the patient split."""
+    table = comorbidity_features(fill_absent(table))
     counts = [c for c in table.columns if c.endswith("_count") or c in DIAGNOSIS_COUNTS]
     table[counts] = table[counts].astype(np.int32)
     flags = [c for c in table.columns if c.startswith("cci_")]
@@ -239,7 +270,13 @@ def finalize(table: pd.DataFrame) -> pd.DataFrame:
 
 
 OUTPUT_SCHEMA = pa.schema(
-    [*STAY_SCHEMA, *list(DIAGNOSIS_SCHEMA)[1:], *list(MEASUREMENT_SCHEMA)[1:], *list(NOTE_SCHEMA)[1:]]
+    [
+        *STAY_SCHEMA,
+        *list(DIAGNOSIS_SCHEMA)[1:],
+        *list(MEASUREMENT_SCHEMA)[1:],
+        *list(NOTE_SCHEMA)[1:],
+        (ALL_SOURCES, pa.float64()),
+    ]
 )
 OUTPUT_ORDER = OUTPUT_SCHEMA.names
 

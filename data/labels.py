@@ -25,7 +25,8 @@ STAY_LABELS: dict[str, tuple[str, str | None]] = {
     "prior_admissions_365d": ("Prior admissions (365 days)", "admissions"),
     "prior_ed_visits_365d": ("Prior ED visits (365 days)", "visits"),
     "days_since_last_discharge": ("Days since last discharge", "days"),
-    "charlson_index": ("Charlson comorbidity index", "points"),
+    "charlson_index": ("Charlson comorbidity index (codes)", "points"),
+    "charlson_all_sources": ("Charlson comorbidity index (codes and note)", "points"),
     "n_diagnoses": ("Number of diagnosis codes", "codes"),
 }
 COUNT_LABELS = {
@@ -92,5 +93,6 @@ def describe(feature: str, value: Any) -> FeatureLabel:
     if isinstance(value, bool):
         return FeatureLabel(label, unit, "yes" if value else "no", True)
     if isinstance(value, int | float):
-        return FeatureLabel(label, unit, f"{_number(value)} {unit}".strip() if unit else _number(value), True)
+        shown_unit = unit[:-1] if unit and value == 1 and unit.endswith("s") else unit  # 1 point
+        return FeatureLabel(label, unit, f"{_number(value)} {shown_unit}" if unit else _number(value), True)
     return FeatureLabel(label, unit, str(value), True)

@@ -179,7 +179,8 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
 # condition, living alone or a cost barrier documented in the note. Follow-up arranged never
 # raises it.
 MONOTONE_INCREASING = (
-    "prior_admissions_365d", "prior_ed_visits_365d", "charlson_index", "los_days", *NOTE_INCREASING,
+    "prior_admissions_365d", "prior_ed_visits_365d", "charlson_index", "charlson_all_sources", "los_days",
+    *NOTE_INCREASING,
 )  # fmt: skip
 MONOTONE_DECREASING = NOTE_DECREASING
 
@@ -206,12 +207,14 @@ def blank_group(frame: pd.DataFrame, group: str, rows: np.ndarray) -> None:
 def mask_groups(frame: pd.DataFrame, rate: float, seed: int) -> pd.DataFrame:
     """A copy of `frame` in which each feature group of each row is unknown with probability
     `rate`: training rows that look like partial records."""
+    from data.features import ALL_SOURCES, comorbidity_features
+
     rng = np.random.default_rng(seed)
     out = frame.copy()
     for group in FEATURE_GROUPS:
         if group_columns(group, list(out.columns)):
             blank_group(out, group, rng.random(len(out)) < rate)
-    return out
+    return comorbidity_features(out) if ALL_SOURCES in out else out  # derived from two groups
 
 
 def missing_inputs(record: PatientRecord) -> list[str]:
@@ -263,6 +266,7 @@ def record_features(records: list[PatientRecord]) -> pd.DataFrame:
         MAX_AGE,
         OUTPUT_ORDER,
         TEXT_COLUMN,
+        comorbidity_features,
         diagnosis_features,
         fill_absent,
         measurement_features,
@@ -284,7 +288,7 @@ def record_features(records: list[PatientRecord]) -> pd.DataFrame:
     ):
         frame = frame.merge(part.to_pandas(), on="admission_id", how="left")
     known_codes = np.array([r.diagnoses is not None for r in records])
-    frame = fill_absent(frame, diagnoses_known=known_codes)
+    frame = comorbidity_features(fill_absent(frame, diagnoses_known=known_codes))
     columns = [c for c in OUTPUT_ORDER if c not in ("admission_id", "patient_id", "label", TEXT_COLUMN)]
     return frame.reindex(columns=columns).reset_index(drop=True)
 
