@@ -1,15 +1,15 @@
-"""What the tabular model's two safety choices cost or gain: monotone constraints and training
-with blanked feature groups (partial records in distribution).
+"""What the tabular model's safety choices cost or gain: monotone constraints, additive clinical
+drivers (interaction constraints) and training with blanked feature groups.
 
-Four models on one feature folder (`make run`'s: 3,000 synthetic patients, seed 0 by default),
-the same `TabularConfig` otherwise, each trained with Ray Train as `make run` does:
-
-    monotone on/off  x  missing_rate 0.3 / 0
-
-For each: validation and test AUROC on complete rows; test AUROC on partial rows (the test split
-with feature groups blanked at random as in `data.record.mask_groups`, rate 0.3, fixed seed) —
-what a partial request looks like; and monotonicity violations: over test rows, how often adding
-one prior admission, ED visit, Charlson point or LOS day LOWERS the calibrated risk. Run:
+Models on one feature folder (`make run`'s: 3,000 synthetic patients, seed 0 by default), the
+same `TabularConfig` otherwise, each trained with Ray Train as `make run` does: the production
+setting (monotone, additive drivers, missing_rate 0.3), then one choice switched off at a time,
+then all constraints off. For each: validation and test AUROC on complete rows; test AUROC on
+partial rows (the test split with feature groups blanked at random as `data.record.mask_groups`
+does, rate 0.3, fixed seed): what a partial request looks like; monotonicity violations (over test
+rows, how often one more prior admission, ED visit, Charlson point or LOS day LOWERS the
+calibrated risk); and the behavioural probes of ml/behaviour.py scored in process through
+serve.scoring (the served path without HTTP). Run:
 
     python bench/tabular_choices.py --json bench/results/tabular_choices.json
 """
@@ -44,6 +44,14 @@ def violations(predictor, frame) -> dict[str, float]:
     return out
 
 
+def scored(predictor, bodies: list[dict]) -> list[dict]:
+    from data.record import PatientRecord
+    from serve.scoring import score_tabular
+
+    results = score_tabular(predictor, [PatientRecord.model_validate(b) for b in bodies], 0)
+    return [{"risk": r.risk, "missing": r.missing} for r in results]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path)
@@ -56,6 +64,7 @@ def main() -> None:
 
     from data.featureset import read_manifest, read_split_pandas
     from data.record import mask_groups
+    from ml.behaviour import run_probes
     from ml.metrics import auroc
     from ml.tabular import TabularConfig, train
 
@@ -66,23 +75,32 @@ def main() -> None:
     valid = read_split_pandas(args.features, "valid", [*names, label])
     partial = mask_groups(test, args.mask_rate, seed=2024)
     runs = []
-    for monotone in (True, False):
-        for missing_rate in (0.3, 0.0):
-            started = time.perf_counter()
-            config = TabularConfig(monotone=monotone, missing_rate=missing_rate)
-            result = train(args.features, config, storage_path=str(ROOT / "artifacts" / "ray_results"))
-            p = result.predictor
-            runs.append({
-                "monotone": monotone,
-                "missing_rate": missing_rate,
-                "valid_auroc": auroc(valid[label].to_numpy(), p.predict_proba(valid)),
-                "test_auroc": auroc(test[label].to_numpy(), p.predict_proba(test)),
-                "test_auroc_partial_rows": auroc(partial[label].to_numpy(), p.predict_proba(partial)),
-                "best_iteration": result.best_iteration,
-                "violations_share": violations(p, test[names]),
-                "seconds": round(time.perf_counter() - started, 1),
-            })  # fmt: skip
-            print(runs[-1], file=sys.stderr)
+    settings = [
+        {"monotone": True, "additive_drivers": True, "missing_rate": 0.3},  # production
+        {"monotone": False, "additive_drivers": True, "missing_rate": 0.3},
+        {"monotone": True, "additive_drivers": False, "missing_rate": 0.3},
+        {"monotone": True, "additive_drivers": True, "missing_rate": 0.0},
+        {"monotone": False, "additive_drivers": False, "missing_rate": 0.0},  # unconstrained
+    ]
+    for setting in settings:
+        started = time.perf_counter()
+        result = train(
+            args.features, TabularConfig(**setting), storage_path=str(ROOT / "artifacts" / "ray_results")
+        )
+        p = result.predictor
+        probes = run_probes(lambda bodies, p=p: scored(p, bodies))
+        runs.append({
+            **setting,
+            "valid_auroc": auroc(valid[label].to_numpy(), p.predict_proba(valid)),
+            "test_auroc": auroc(test[label].to_numpy(), p.predict_proba(test)),
+            "test_auroc_partial_rows": auroc(partial[label].to_numpy(), p.predict_proba(partial)),
+            "best_iteration": result.best_iteration,
+            "violations_share": violations(p, test[names]),
+            "probes_passed": probes.passed,
+            "probes_failed": [r.name for r in probes.failures()],
+            "seconds": round(time.perf_counter() - started, 1),
+        })  # fmt: skip
+        print(runs[-1], file=sys.stderr)
     ray.shutdown()
     emit(
         {

@@ -75,10 +75,11 @@ class TabularConfig(BaseModel):
         description="More prior admissions, ED visits, Charlson points, LOS or documented note "
         "findings never lower the risk (data.record.MONOTONE_INCREASING).",
     )
-    additive_notes: bool = Field(
+    additive_drivers: bool = Field(
         True,
-        description="Each note concept acts alone (XGBoost interaction constraints): 'lives alone' "
-        "moves every patient's log-odds by the same step, as a clinician would read it.",
+        description="Each note concept and each monotone clinical driver (prior admissions, ED "
+        "visits, Charlson points, LOS) acts alone (XGBoost interaction constraints): 'lives alone' "
+        "or one more admission moves every patient's log-odds by the same step.",
     )
     seed: int = 0
 
@@ -107,13 +108,14 @@ class TabularConfig(BaseModel):
             constrained |= {name: -1 for name in MONOTONE_DECREASING if name in columns}
             if constrained:
                 params["monotone_constraints"] = constrained
-        if self.additive_notes and columns:
+        if self.additive_drivers and columns:
             from data.concepts import NOTE_PREFIX
+            from data.record import MONOTONE_INCREASING
 
-            notes = [c for c in columns if c.startswith(NOTE_PREFIX)]
-            if notes:
-                rest = [c for c in columns if not c.startswith(NOTE_PREFIX)]
-                params["interaction_constraints"] = [rest, *([n] for n in notes)]
+            alone = [c for c in columns if c.startswith(NOTE_PREFIX) or c in MONOTONE_INCREASING]
+            if alone:
+                rest = [c for c in columns if c not in alone]
+                params["interaction_constraints"] = [rest, *([c] for c in alone)]
         return params
 
 
