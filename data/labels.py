@@ -62,7 +62,7 @@ def describe(feature: str, value: Any) -> FeatureLabel:
     """Label, unit and readable value of one feature's value."""
     known = not _unknown(value)
     if feature in COUNT_LABELS:
-        shown = "unknown (no note)" if not known else _number(float(value))
+        shown = "unknown (no note)" if not known else "none" if not value else _number(float(value))
         return FeatureLabel(COUNT_LABELS[feature], None, shown, known)
     if feature.startswith(NOTE_PREFIX):
         concept = CONCEPTS.get(feature.removeprefix(NOTE_PREFIX))
