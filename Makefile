@@ -19,7 +19,7 @@ NOTE_ARGS := --task readmission --features $(DATA_DIR)/features --register --sam
 CURL_EXAMPLE := curl -s localhost:8000/predict -H 'content-type: application/json' \
 	-d '{"age": 67, "blood_pressure": 140, "prior_admissions_365d": 2, "clinical_note": "Reports chest pain at discharge. Lives alone."}'
 
-.PHONY: run models note-models serve venv data test test-fast lint format bench-data bench-tabular bench-text bench-tune bench-serve tune clean \
+.PHONY: run models note-models serve venv data test test-fast lint format bench-data bench-tabular bench-behaviour bench-choices bench-text bench-tune bench-serve tune clean \
 	render deploy-check image image-gpu
 REGISTRY ?= registry.example.com
 RAY_VERSION := $(shell sed -n 's/^ARG RAY_VERSION=//p' Dockerfile)
@@ -101,6 +101,14 @@ bench-serve: venv
 bench-text: venv data
 	$(BIN)/python bench/text_train.py --json bench/results/text_train.json
 	$(BIN)/python bench/text_tasks.py --json bench/results/text_tasks.json
+
+# The served answer: behaviour needs a running service (make run); the others train or read data.
+URL ?= http://localhost:8000
+bench-behaviour: venv
+	$(BIN)/python bench/behaviour.py --url $(URL) --json bench/results/behaviour_default_routing.json
+
+bench-choices: venv data
+	$(BIN)/python bench/tabular_choices.py --features $(DATA_DIR)/features --json bench/results/tabular_choices.json
 
 bench-tabular: venv
 	$(BIN)/python bench/tabular_train.py --json bench/results/tabular_train.json
