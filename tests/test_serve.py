@@ -297,16 +297,15 @@ def reply_text(body: dict) -> str:
     return json.dumps(body)
 
 
-@pytest.mark.parametrize("variant", ["champion", "challenger"])
-def test_behavioural_probes_over_http(serve_port: int, app_args: dict, variant: str) -> None:
-    """CheckList probes (ml/behaviour.py) against the application as `make run` configures it
-    (tabular models with note concepts, no opaque note model), once with all traffic on each
-    variant: both registered models must pass every probe."""
+def test_behavioural_probes_over_http(serve_port: int, app_args: dict) -> None:
+    """CheckList probes (ml/behaviour.py) over HTTP against the application as `make run`
+    configures it (tabular models with note concepts, no opaque note model), traffic split
+    between champion and challenger; each probe's bodies share a patient id, so one version
+    answers a probe and both versions answer some."""
     from ml.behaviour import ProbeError, build_probes, run_probes
 
-    weights = {"champion": 0.0, "challenger": 0.0, variant: 1.0}
     router = {
-        "variants": {name: {"weight": w, "tabular": name} for name, w in weights.items()},
+        "variants": {name: {"weight": 0.5, "tabular": name} for name in ("champion", "challenger")},
         "shadow": False,
         "alias_refresh_s": 0,
     }
@@ -327,7 +326,31 @@ def test_behavioural_probes_over_http(serve_port: int, app_args: dict, variant: 
     finally:
         deploy(remove="clinic")
     assert report.passed + report.failed >= 30 and len(report.by_category) == 8
-    assert {v for r in report.results for v in r.variants} == {variant}
+    assert {v for r in report.results for v in r.variants} == {"champion", "challenger"}
+    assert report.failed == 0, [(r.name, r.risks, r.reason) for r in report.failures()]
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_every_probe_passes_for_each_registered_version(
+    registered_models: dict, monkeypatch: pytest.MonkeyPatch, version: str
+) -> None:
+    """Every probe on each version through serve.scoring, the path TabularScorer runs (the HTTP
+    test above splits the probes between the versions)."""
+    from data.record import PatientRecord
+    from ml import registry
+    from ml.behaviour import run_probes
+    from serve.scoring import score_tabular
+
+    monkeypatch.setenv("MEDISCALE_DATA_DIR", str(registered_models["home"]))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    registry.configure()
+    predictor = registry.load_version("readmission-tabular", version).unwrap_python_model().predictor
+
+    def score(bodies: list[dict]) -> list[dict]:
+        results = score_tabular(predictor, [PatientRecord.model_validate(b) for b in bodies], 0)
+        return [{"risk": r.risk, "missing": r.missing} for r in results]
+
+    report = run_probes(score)
     assert report.failed == 0, [(r.name, r.risks, r.reason) for r in report.failures()]
 
 
