@@ -106,7 +106,8 @@ def raw_records(raw: str, split: str | None = None, limit: int | None = None) ->
         if group is not None and len(group):
             versions = group["icd_version"].dropna().astype(int)
             if versions.nunique() > 1:
-                raise ReplayError(f"admission {row.admission_id}: mixes ICD-9 and ICD-10 codes")
+                # No admission id in the message: errors carry no identifiers.
+                raise ReplayError("an admission mixes ICD-9 and ICD-10 codes; a record has one icd_version")
             body["icd_version"] = int(versions.iloc[0]) if len(versions) else 10
         if row.admission_id in note_of:
             body["clinical_note"] = note_of[row.admission_id]
