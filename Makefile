@@ -74,7 +74,7 @@ $(MODELS)/notes_challenger.json: $(MODELS)/notes_metrics.json
 test: venv
 	$(BIN)/pytest
 
-# The edit-loop tier: no Ray cluster, no slow tests (about a minute).
+# The edit-loop tier: no Ray cluster, no slow tests (about 90 s).
 test-fast: venv
 	$(BIN)/pytest -m "not ray and not slow" -q
 

@@ -93,7 +93,8 @@ def factor(
     feature: str, value: Any, contribution: float, mentions: list[Mention], text: str | None
 ) -> Factor:
     """One explained feature: clinical label, value with unit (or 'unknown'), direction, spans."""
-    label = describe(feature, _plain(value))
+    shown = bool(value) if isinstance(value, bool | np.bool_) else _plain(value)  # "yes", not "1"
+    label = describe(feature, shown)
     evidence = _evidence(feature, mentions, text) if text and feature.startswith("note_") else []
     return Factor(
         feature=feature,
