@@ -109,6 +109,7 @@ class Router:
         self.store = PredictionStore(self._store_url(), store_note_text=self.args.store_note_text)
         self.config = RouterConfig()
         self.resolved: dict[str, dict[str, str]] = {}  # variant -> {"tabular": v, "note": v}
+        self.overrides: dict = {}  # variant -> serve.control.Override (the newest of each)
         self.problem: str | None = "starting"
         self.served: defaultdict[str, int] = defaultdict(int)
         self._refresher: asyncio.Task | None = None
@@ -131,8 +132,15 @@ class Router:
             self._refresher = asyncio.create_task(self._refresh_forever())
 
     async def _refresh(self) -> None:
-        """Resolve every variant's references; load new versions everywhere; then switch."""
+        """Resolve every variant's references; load new versions everywhere; then switch.
+        Also reads the routing overrides (a rollback's weight 0) from the store."""
+        from serve.control import latest_overrides
+
         async with self._switch:
+            try:
+                self.overrides = await asyncio.to_thread(latest_overrides, self.store)
+            except Exception as exc:  # keep the previous overrides: a store hiccup must not reroute
+                log.error("routing overrides not read: %s", type(exc).__name__)
             try:
                 resolved = {}
                 for name, spec in self.config.variants.items():
@@ -169,7 +177,12 @@ class Router:
         return self.resolved
 
     def _weights(self, resolved: dict[str, dict[str, str]]) -> dict[str, float]:
-        return {n: s.weight for n, s in self.config.variants.items() if n in resolved and s.weight > 0}
+        """Configured weights with overrides applied, for variants whose models are loaded."""
+        from serve.control import effective_weights
+
+        configured = {n: s.weight for n, s in self.config.variants.items() if n in resolved}
+        weights = effective_weights(configured, resolved, self.overrides)
+        return {n: w for n, w in weights.items() if w > 0}
 
     # ------------------------------------------------------------------ scoring
 
@@ -229,18 +242,26 @@ class Router:
         return predictions
 
     async def _shadow(self, records, request_ids, variants, resolved) -> None:
-        """Score with another variant and log it; never returned, never awaited by a client."""
+        """Score with another variant and log it; never returned, never awaited by a client.
+        One Combiner call per other variant, as for the served scores."""
         try:
-            for record, rid, variant in zip(records, request_ids, variants, strict=True):
+            groups: dict[str, list[int]] = defaultdict(list)
+            for i, (rid, variant) in enumerate(zip(request_ids, variants, strict=True)):
                 others = [n for n in resolved if n != variant]
-                if not others:
-                    continue
-                other = (
-                    others[0] if len(others) == 1 else pick_variant(f"shadow:{rid}", {n: 1.0 for n in others})
-                )
-                [result] = await self.combiner.score.remote([record], resolved[other], 0)
+                if others:
+                    other = (
+                        others[0]
+                        if len(others) == 1
+                        else pick_variant(f"shadow:{rid}", {n: 1.0 for n in others})
+                    )
+                    groups[other].append(i)
+            for other, rows in groups.items():
+                results = await self.combiner.score.remote([records[i] for i in rows], resolved[other], 0)
                 versions = {k: v for k, v in resolved[other].items() if v is not None}
-                await asyncio.to_thread(self.store.log_shadow, rid, other, versions, result.risk)
+                for i, result in zip(rows, results, strict=True):
+                    await asyncio.to_thread(
+                        self.store.log_shadow, request_ids[i], other, versions, result.risk
+                    )
         except Exception as exc:  # a shadow failure must never touch the served path
             log.warning("shadow scoring failed: %s", type(exc).__name__)
 
@@ -285,14 +306,33 @@ class Router:
             "variant": row.get("variant"),
         }
 
+    def _override_view(self, name: str) -> dict | None:
+        from serve.control import versions_key
+
+        override = self.overrides.get(name)
+        if override is None:
+            return None
+        return {
+            "weight": override.weight,
+            "versions": override.model_versions,
+            "decision_id": override.decision_id,
+            "reason": override.reason,
+            "set_at": override.created_at.isoformat() if override.created_at else None,
+            "applies": override.weight is not None
+            and versions_key(self.resolved.get(name)) == versions_key(override.model_versions),
+        }
+
     @api.get("/variants")
     async def variants(self) -> dict:
         """Weights, model references and the versions they resolve to, and request counts."""
         counts = await asyncio.to_thread(self.store.counts_by_variant)
+        effective = self._weights(self.resolved) if self.resolved else {}
         return {
             "variants": {
                 name: {
                     "weight": spec.weight,
+                    "effective_weight": effective.get(name, 0.0),
+                    "override": self._override_view(name),
                     "tabular": spec.tabular,
                     "note": spec.note,
                     "versions": self.resolved.get(name),
@@ -300,6 +340,7 @@ class Router:
                 for name, spec in self.config.variants.items()
             },
             "shadow": self.config.shadow,
+            "risk_bands": {"medium": self.config.medium_risk, "high": self.config.high_risk},
             "requests": counts,
             "requests_this_replica": dict(self.served),
             "models": {"tabular": self.args.tabular_model, "note": self.args.note_model},

@@ -432,26 +432,29 @@ class PredictionStore:
     # ----------------------------------------------------------------- plumbing
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """One write transaction, committed on leaving the block (rolled back on an error)."""
+    def transaction(self) -> Iterator[Connection]:
+        """One write transaction, committed on leaving the block (rolled back on an error).
+
+        Other tables in the same database (serve/control.py) write through this too, so SQLite
+        writers keep one lock order (BEGIN IMMEDIATE) and one process-wide write lock."""
         with self._write_lock, self._engine.connect() as conn:
             conn.execution_options(**{_WRITE: True})
             with conn.begin():
                 yield conn
 
     def _create_tables(self) -> None:
-        with self._write() as conn:
+        with self.transaction() as conn:
             if not self._sqlite:  # concurrent create_all calls from several replicas would race
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_DDL_LOCK_KEY)))
             metadata.create_all(conn)
 
-    def _to_db_time(self, moment: datetime) -> datetime:
+    def to_db_time(self, moment: datetime) -> datetime:
         # SQLite has no time zones: it stores naive UTC, and `_from_db_time` marks it UTC again.
         moment = _as_utc(moment)
         return moment.replace(tzinfo=None) if self._sqlite else moment
 
     @staticmethod
-    def _from_db_time(moment: datetime | None) -> datetime | None:
+    def from_db_time(moment: datetime | None) -> datetime | None:
         if moment is None:
             return None
         return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
@@ -478,7 +481,7 @@ class PredictionStore:
             note_chars = len(record.note_text)
         return {
             "request_id": record.request_id,
-            "created_at": self._to_db_time(record.created_at),
+            "created_at": self.to_db_time(record.created_at),
             "variant": record.variant,
             "model_versions": {str(k): str(v) for k, v in (record.model_versions or {}).items()},
             "risk": float(record.risk),
@@ -502,7 +505,7 @@ class PredictionStore:
         if repeated:
             raise DuplicateRequest(repeated)
         try:
-            with self._write() as conn:
+            with self.transaction() as conn:
                 conn.execute(predictions.insert(), rows)
         except IntegrityError:
             existing = self._existing_request_ids(ids)
@@ -516,11 +519,17 @@ class PredictionStore:
         self.log_predictions([record])
 
     def log_shadow(
-        self, request_id: str, variant: str, model_versions: Mapping[str, Any], risk: float
+        self,
+        request_id: str,
+        variant: str,
+        model_versions: Mapping[str, Any],
+        risk: float,
+        recorded_at: datetime | None = None,
     ) -> bool:
         """Store the other variant's score for a stored prediction.
 
         Returns False, and keeps the first score, if this request already has a shadow score.
+        `recorded_at` (default now) is for replays and backfills of scores made earlier.
         """
         _check_id("request_id", request_id)
         _check_id("variant", variant)
@@ -532,7 +541,7 @@ class PredictionStore:
             "variant": variant,
             "model_versions": {str(k): str(v) for k, v in (model_versions or {}).items()},
             "risk": risk,
-            "created_at": self._to_db_time(datetime.now(UTC)),
+            "created_at": self.to_db_time(recorded_at or datetime.now(UTC)),
         }
         if not self._insert_once(shadows, row):
             log.info("shadow score for %s already stored; kept the first", request_id)
@@ -547,7 +556,7 @@ class PredictionStore:
         """
         request_id = row["request_id"]
         try:
-            with self._write() as conn:
+            with self.transaction() as conn:
                 if not self._exists(conn, predictions, request_id):
                     raise UnknownRequest(f"no prediction with request_id {request_id!r}")
                 if self._exists(conn, table, request_id):
@@ -562,8 +571,17 @@ class PredictionStore:
                     return False
             raise
 
-    def add_feedback(self, request_id: str, outcome: bool, source: str | None = None) -> dict[str, Any]:
+    def add_feedback(
+        self,
+        request_id: str,
+        outcome: bool,
+        source: str | None = None,
+        recorded_at: datetime | None = None,
+    ) -> dict[str, Any]:
         """Record the observed outcome of a prediction; returns the joined row (as `get`).
+
+        `recorded_at` (default now) is when the outcome became known: monitoring as of an earlier
+        time ignores it. Backfills from an EHR export set it; the HTTP endpoint never does.
 
         Raises UnknownRequest when the request was never predicted, and DuplicateFeedback when it
         already has feedback; the first feedback is kept.
@@ -579,7 +597,7 @@ class PredictionStore:
             "request_id": request_id,
             "outcome": outcome,
             "source": source,
-            "created_at": self._to_db_time(datetime.now(UTC)),
+            "created_at": self.to_db_time(recorded_at or datetime.now(UTC)),
         }
         if not self._insert_once(feedback, row):
             raise DuplicateFeedback(f"feedback for {request_id!r} already stored; the first is kept")
@@ -593,7 +611,7 @@ class PredictionStore:
     def _flat(self, mapping: Mapping[str, Any]) -> dict[str, Any]:
         row = dict(mapping)
         for name in _TIME_COLUMNS:
-            row[name] = self._from_db_time(row[name])
+            row[name] = self.from_db_time(row[name])
         return row
 
     def get(self, request_id: str) -> dict[str, Any] | None:
@@ -630,16 +648,22 @@ class PredictionStore:
         """Number of stored predictions per variant (since a time, if given)."""
         stmt = sa.select(predictions.c.variant, sa.func.count()).group_by(predictions.c.variant)
         if since is not None:
-            stmt = stmt.where(predictions.c.created_at >= self._to_db_time(since))
+            stmt = stmt.where(predictions.c.created_at >= self.to_db_time(since))
         with self._engine.connect() as conn:
             return {variant: int(n) for variant, n in conn.execute(stmt)}
 
     def joined(
-        self, limit: int | None = None, labelled_only: bool = False, expand_features: bool = False
+        self,
+        limit: int | None = None,
+        labelled_only: bool = False,
+        expand_features: bool = False,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> pd.DataFrame:
         """Predictions with their shadow score and outcome, oldest first, for monitoring and drift.
 
-        `limit` keeps the most recent rows. `outcome` is a nullable boolean: <NA> until feedback
+        `limit` keeps the most recent rows; `since` / `until` bound created_at (inclusive).
+        `outcome` is a nullable boolean: <NA> until feedback
         arrives. `labelled_only` keeps rows with feedback. `expand_features` replaces the `features`
         column with one column per feature. Note text is never part of the frame.
         """
@@ -648,6 +672,10 @@ class PredictionStore:
         stmt = _joined_select().order_by(predictions.c.created_at.desc(), predictions.c.id.desc())
         if labelled_only:
             stmt = stmt.where(feedback.c.outcome.is_not(None))
+        if since is not None:
+            stmt = stmt.where(predictions.c.created_at >= self.to_db_time(since))
+        if until is not None:
+            stmt = stmt.where(predictions.c.created_at <= self.to_db_time(until))
         if limit is not None:
             stmt = stmt.limit(int(limit))
         with self._engine.connect() as conn:

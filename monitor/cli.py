@@ -1,0 +1,217 @@
+"""`python -m monitor ...`: report, decide (and apply), the decision history and routing overrides.
+
+Runs the same from a shell and as a Ray Job (`ray job submit --working-dir . -- python -m monitor
+decide ...`): it needs the prediction store and the MLflow registry, not a Ray cluster.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+
+from data.runtime import setup_logging, user_errors
+
+app = typer.Typer(
+    help="MediScale monitoring: live performance and champion/challenger decisions.", no_args_is_help=True
+)
+log = logging.getLogger("monitor")
+SERVICE_ENV = "MEDISCALE_SERVICE_URL"
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    setup_logging(verbose)
+
+
+def _time(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{option}: {value!r} is not an ISO date or time (e.g. 2026-12-31T00:00)"
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _store(store_url: str | None):
+    from serve.store import PredictionStore
+
+    return PredictionStore(store_url)
+
+
+def _routing(service: str | None, serve_config: Path | None):
+    from monitor.service import routing
+
+    return routing(
+        service if service is not None else os.environ.get(SERVICE_ENV, "http://localhost:8000"), serve_config
+    )
+
+
+def _emit(result: dict, json_path: Path | None, text: str) -> None:
+    body = json.dumps(result, indent=2, default=str, allow_nan=False)
+    if json_path is not None and str(json_path) == "-":
+        typer.echo(body)
+        return
+    typer.echo(text)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(body)
+
+
+STORE_OPT = typer.Option(
+    None, "--store-url", help="Prediction store URL; default MEDISCALE_STORE_URL or the data dir."
+)
+SERVICE_OPT = typer.Option(
+    None,
+    "--service",
+    help=f"The running service, for its weights and bands; default {SERVICE_ENV} or localhost:8000.",
+)
+CONFIG_OPT = typer.Option(None, "--serve-config", help="Fallback for weights: a serve config YAML.")
+JSON_OPT = typer.Option(None, "--json", help="Write the full result here as JSON ('-' prints it instead).")
+CHAMPION_OPT = typer.Option("champion", help="The champion's variant name in the Router config.")
+CHALLENGER_OPT = typer.Option("challenger", help="The challenger's variant name in the Router config.")
+
+
+@app.command("report")
+@user_errors
+def report_cmd(
+    since: str | None = typer.Option(None, help="Only predictions made at or after this time (ISO)."),
+    as_of: str | None = typer.Option(None, "--as-of", help="Report as the store knew it then (default now)."),
+    json_path: Path | None = JSON_OPT,
+    champion: str = CHAMPION_OPT,
+    challenger: str = CHALLENGER_OPT,
+    store_url: str | None = STORE_OPT,
+    service: str | None = SERVICE_OPT,
+    serve_config: Path | None = CONFIG_OPT,
+    n_boot: int = typer.Option(200, min=0, max=5000, help="Bootstrap samples for AUPRC and ECE intervals."),
+) -> None:
+    """Live performance per variant: traffic, feedback, metrics with 95% CIs, subgroups, estimates."""
+    from monitor.decide import read_rule
+    from monitor.report import report, summary
+
+    with _store(store_url) as store:
+        result = report(
+            store,
+            _routing(service, serve_config),
+            as_of=_time(as_of, "--as-of"),
+            since=_time(since, "--since"),
+            champion=champion,
+            challenger=challenger,
+            maturity_days=read_rule().maturity_days,
+            n_boot=n_boot,
+        )
+    _emit(result, json_path, summary(result))
+
+
+@app.command("decide")
+@user_errors
+def decide_cmd(
+    as_of: str | None = typer.Option(None, "--as-of", help="Decide as the store knew it then (default now)."),
+    apply_: bool = typer.Option(
+        False, "--apply", help="Act: promote in the registry, or roll back in the service."
+    ),
+    json_path: Path | None = JSON_OPT,
+    rule: Path | None = typer.Option(None, help="The declared rule (default monitor/rule.yaml)."),
+    since: str | None = typer.Option(None, help="Ignore predictions before this time (ISO)."),
+    champion: str = CHAMPION_OPT,
+    challenger: str = CHALLENGER_OPT,
+    store_url: str | None = STORE_OPT,
+    service: str | None = SERVICE_OPT,
+    serve_config: Path | None = CONFIG_OPT,
+    applied_by: str | None = typer.Option(None, help="Who applies it (audit); default the OS user."),
+    tag: bool = typer.Option(True, help="Tag the decision onto the challenger's model versions in MLflow."),
+) -> None:
+    """promote / keep_testing / rollback / inconclusive under the pre-registered rule; stored for audit."""
+    from monitor.apply import apply, tag_versions
+    from monitor.decide import decide, read_rule
+
+    declared = read_rule(rule)
+    with _store(store_url) as store:
+        decision = decide(
+            store,
+            _routing(service, serve_config),
+            declared,
+            as_of=_time(as_of, "--as-of"),
+            champion=champion,
+            challenger=challenger,
+            since=_time(since, "--since"),
+        )
+        result = decision.to_dict()
+        if apply_:
+            result["apply"] = apply(store, decision, applied_by or _user())
+            result["applied"] = decision.applied
+        if tag:
+            result["tagged"] = tag_versions(decision)
+    text = [
+        f"decision #{decision.id} ({decision.experiment}, as of {decision.as_of}): {decision.outcome.upper()}"
+    ]
+    text += [f"  rule: {decision.rule}"] + [f"  - {r}" for r in decision.reasons]
+    failed = [g for g in decision.gates if not g["passed"] or g["pending"]]
+    text += [f"  gate {g['name']}: {'pending' if g['pending'] else 'FAILED'}: {g['detail']}" for g in failed]
+    text += [f"  note: {n}" for n in decision.notes]
+    if "apply" in result:
+        text.append(f"  applied: {json.dumps(result['apply'], default=str)}")
+    _emit(result, json_path, "\n".join(text))
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+@app.command("history")
+@user_errors
+def history_cmd(
+    limit: int = typer.Option(20, min=1, max=1000),
+    json_path: Path | None = JSON_OPT,
+    store_url: str | None = STORE_OPT,
+) -> None:
+    """The decision audit trail, newest first."""
+    from monitor.decide import history
+
+    with _store(store_url) as store:
+        rows = history(store, limit)
+    text = "\n".join(
+        f"#{r['id']} {r['as_of']} {r['experiment']}: {r['outcome']} ({r['rule']})"
+        + (f", applied by {r['applied']['by']} at {r['applied']['at']}" if r.get("applied") else "")
+        for r in rows
+    )
+    _emit({"decisions": rows}, json_path, text or "no decisions yet")
+
+
+@app.command("routing")
+@user_errors
+def routing_cmd(
+    clear: str | None = typer.Option(None, help="Return this variant to its configured weight (audited)."),
+    by: str | None = typer.Option(None, help="Who clears it (audit); default the OS user."),
+    store_url: str | None = STORE_OPT,
+    json_path: Path | None = JSON_OPT,
+) -> None:
+    """Routing overrides in force (a rollback's weight 0), or clear one."""
+    from dataclasses import asdict
+
+    from serve.control import latest_overrides, set_override
+
+    with _store(store_url) as store:
+        if clear is not None:
+            current = latest_overrides(store).get(clear)
+            if current is None:
+                raise ValueError(f"variant {clear!r} has no routing override")
+            set_override(store, clear, current.model_versions, None, "cleared by an operator", by or _user())
+        overrides = {k: asdict(v) for k, v in latest_overrides(store).items()}
+    text = "\n".join(
+        f"{name}: weight {o['weight'] if o['weight'] is not None else 'as configured'} while serving "
+        f"{o['model_versions']} ({o['reason']}, by {o['created_by']})"
+        for name, o in overrides.items()
+    )
+    _emit({"overrides": overrides}, json_path, text or "no routing overrides")

@@ -1,0 +1,169 @@
+"""Control tables in the prediction store's database: routing overrides and the decision log.
+
+- `routing_overrides`: a decision (or an operator) sets a variant's weight while the variant
+  serves given model versions. The Router reads the newest override of each variant at every
+  alias refresh, so a rollback reaches every replica without a restart. The override names the
+  versions it was made for: when the alias moves to a new challenger the old override no longer
+  applies, and a redeploy of the YAML cannot silently send traffic back to a rolled-back model.
+  Rows are only ever added (history kept); `weight` NULL means "back to the configured weight".
+- `decisions`: the audit trail of `python -m monitor decide`: inputs, counts, estimates, bounds,
+  the rule and its hash, the code version, and who applied it and when. One row per experiment
+  and as-of time, so deciding twice for the same as-of returns the stored decision.
+
+Both live next to `predictions` (same engine, same transactions), created on first use.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+if TYPE_CHECKING:
+    from serve.store import PredictionStore
+
+_JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+_TIME = sa.DateTime(timezone=True)
+_PK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+metadata = sa.MetaData()
+
+routing_overrides = sa.Table(
+    "routing_overrides",
+    metadata,
+    sa.Column("id", _PK, primary_key=True, autoincrement=True),
+    sa.Column("variant", sa.String(128), nullable=False),
+    sa.Column("model_versions", _JSON, nullable=False),
+    sa.Column("weight", sa.Float),
+    sa.Column("reason", sa.String(512), nullable=False),
+    sa.Column("decision_id", sa.BigInteger),
+    sa.Column("created_by", sa.String(128), nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.Index("ix_routing_overrides_variant", "variant"),
+)
+
+decisions = sa.Table(
+    "decisions",
+    metadata,
+    sa.Column("id", _PK, primary_key=True, autoincrement=True),
+    sa.Column("experiment", sa.String(256), nullable=False),
+    sa.Column("as_of", _TIME, nullable=False),
+    sa.Column("outcome", sa.String(32), nullable=False),
+    sa.Column("rule", sa.String(64), nullable=False),
+    sa.Column("rule_digest", sa.String(32), nullable=False),
+    sa.Column("payload", _JSON, nullable=False),
+    sa.Column("code_version", sa.String(64), nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.Column("applied_at", _TIME),
+    sa.Column("applied_by", sa.String(128)),
+    sa.Column("applied_action", _JSON),
+    sa.UniqueConstraint("experiment", "as_of", name="uq_decisions_experiment_as_of"),
+)
+
+
+def versions_key(versions: Mapping[str, Any] | None) -> str:
+    """A canonical text for a variant's model versions, e.g. 'tabular:3' or 'note:2,tabular:3'."""
+    return ",".join(f"{k}:{v}" for k, v in sorted((versions or {}).items()) if v is not None)
+
+
+def ensure_tables(store: PredictionStore) -> None:
+    with store.transaction() as conn:
+        metadata.create_all(conn)
+
+
+@dataclass(frozen=True)
+class Override:
+    id: int
+    variant: str
+    model_versions: dict[str, str]
+    weight: float | None
+    reason: str
+    decision_id: int | None
+    created_by: str
+    created_at: datetime
+
+
+def _row_time(store: PredictionStore, moment: datetime) -> datetime:
+    return store.from_db_time(moment)  # type: ignore[return-value]
+
+
+def latest_overrides(store: PredictionStore) -> dict[str, Override]:
+    """The newest override row of each variant."""
+    ensure_tables(store)
+    newest = (
+        sa.select(routing_overrides.c.variant, sa.func.max(routing_overrides.c.id).label("id"))
+        .group_by(routing_overrides.c.variant)
+        .subquery()
+    )
+    stmt = sa.select(routing_overrides).join(newest, newest.c.id == routing_overrides.c.id)
+    with store.engine.connect() as conn:
+        rows = conn.execute(stmt).mappings().all()
+    return {
+        r["variant"]: Override(
+            id=int(r["id"]),
+            variant=r["variant"],
+            model_versions={str(k): str(v) for k, v in (r["model_versions"] or {}).items()},
+            weight=r["weight"],
+            reason=r["reason"],
+            decision_id=r["decision_id"],
+            created_by=r["created_by"],
+            created_at=_row_time(store, r["created_at"]),
+        )
+        for r in rows
+    }
+
+
+def set_override(
+    store: PredictionStore,
+    variant: str,
+    model_versions: Mapping[str, Any],
+    weight: float | None,
+    reason: str,
+    created_by: str,
+    decision_id: int | None = None,
+) -> int:
+    """Add an override row (history is kept); returns its id."""
+    if weight is not None and not (float(weight) >= 0.0):
+        raise ValueError("weight must be >= 0")
+    ensure_tables(store)
+    row = {
+        "variant": variant,
+        "model_versions": {str(k): str(v) for k, v in model_versions.items() if v is not None},
+        "weight": None if weight is None else float(weight),
+        "reason": reason[:512],
+        "decision_id": decision_id,
+        "created_by": created_by[:128],
+        "created_at": store.to_db_time(datetime.now(UTC)),
+    }
+    with store.transaction() as conn:
+        return int(
+            conn.execute(routing_overrides.insert().returning(routing_overrides.c.id), row).scalar_one()
+        )
+
+
+def effective_weights(
+    configured: Mapping[str, float],
+    resolved: Mapping[str, Mapping[str, Any]],
+    overrides: Mapping[str, Override],
+) -> dict[str, float]:
+    """Configured weights with each variant's override applied while the variant still serves the
+    versions the override was made for."""
+    weights = dict(configured)
+    for name, override in overrides.items():
+        if name not in weights or override.weight is None:
+            continue
+        if versions_key(resolved.get(name)) == versions_key(override.model_versions):
+            weights[name] = override.weight
+    return weights
+
+
+def dumps(payload: Any) -> Any:
+    """JSON-safe copy of a decision payload (numpy scalars, NaN -> None)."""
+    from serve.store import _jsonable
+
+    return json.loads(json.dumps(_jsonable(payload), allow_nan=False))
