@@ -40,8 +40,9 @@ def _models(decision: Decision, names: dict[str, str]) -> list[tuple[str, str]]:
 
 def tag_versions(decision: Decision, names: dict[str, str] | None = None) -> list[str]:
     """Write the decision onto the challenger's model versions (MLflow tags)."""
-    from ml.registry import _client
+    from ml.registry import _client, configure
 
+    configure()
     client = _client()
     summary = json.dumps(
         {
@@ -75,8 +76,9 @@ def apply(
         return {"changed": False, "note": f"decision #{decision.id} was already applied", **decision.applied}
     action: dict
     if decision.outcome == "promote":
-        from ml.registry import promote
+        from ml.registry import configure, promote
 
+        configure()
         moved = []
         for model, version in _models(decision, names):
             info = promote(model, version)
