@@ -26,6 +26,7 @@ COPY --chown=ray:users data ./data
 COPY --chown=ray:users ml ./ml
 COPY --chown=ray:users tune ./tune
 COPY --chown=ray:users serve ./serve
+COPY --chown=ray:users monitor ./monitor
 
 # The constraint keeps the base image's Ray: the cluster's Ray must be exactly rayVersion.
 RUN echo "ray==${RAY_VERSION}" > /tmp/constraints.txt \
@@ -35,4 +36,4 @@ RUN echo "ray==${RAY_VERSION}" > /tmp/constraints.txt \
 
 # Smoke test from outside the source folder, so it imports the installed packages.
 WORKDIR /home/ray
-RUN python -c "import ray, data, ml, tune, serve; assert ray.__version__ == '${RAY_VERSION}', ray.__version__"
+RUN python -c "import ray, data, ml, tune, serve, monitor; assert ray.__version__ == '${RAY_VERSION}', ray.__version__"

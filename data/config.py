@@ -27,6 +27,14 @@ class Settings(BaseModel):
         default=None,
         description="S3-compatible endpoint (MinIO, moto, ...); None means AWS itself.",
     )
+    store_url: str | None = Field(
+        default=None,
+        description="Prediction store database URL; None means SQLite `predictions.db` in data_dir.",
+    )
+    service_url: str = Field(
+        default="http://localhost:8000",
+        description="The running Serve application, read by `python -m monitor` (GET /variants).",
+    )
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -39,4 +47,8 @@ class Settings(BaseModel):
         endpoint = env.get("MEDISCALE_S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL")
         if endpoint:
             values["s3_endpoint_url"] = endpoint
+        if env.get("MEDISCALE_STORE_URL"):
+            values["store_url"] = env["MEDISCALE_STORE_URL"]
+        if env.get("MEDISCALE_SERVICE_URL"):
+            values["service_url"] = env["MEDISCALE_SERVICE_URL"]
         return cls(**values)

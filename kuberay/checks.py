@@ -40,7 +40,12 @@ PVC_NAME = "mediscale-shared"
 # Every Ray pod mounts the shared volume here, and MEDISCALE_DATA_DIR points at it: Ray Train and
 # Tune persist checkpoints from the workers to the run folder, which all pods must see.
 SHARED_MOUNT = "/mnt/mediscale"
-CONFIGMAP_KEYS = {"MLFLOW_TRACKING_URI", "MEDISCALE_S3_ENDPOINT_URL", "MEDISCALE_DATA_DIR"}
+CONFIGMAP_KEYS = {
+    "MLFLOW_TRACKING_URI",
+    "MEDISCALE_S3_ENDPOINT_URL",
+    "MEDISCALE_DATA_DIR",
+    "MEDISCALE_SERVICE_URL",
+}
 SECRET_KEYS = {
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
@@ -970,7 +975,7 @@ def check_dockerfile(text: str, ray_version: str) -> list[str]:
     base = lines[from_index].split()[1]
     if not base.startswith("rayproject/ray:${RAY_VERSION}") and image_tag(base) != ray_version:
         problems.append(f"Dockerfile: FROM {base}: the base tag must be ${{RAY_VERSION}}")
-    allowed = {"pyproject.toml", "README.md", "data", "ml", "tune", "serve"}
+    allowed = {"pyproject.toml", "README.md", "data", "ml", "tune", "serve", "monitor"}
     for line in lines:
         if line.upper().startswith(("COPY ", "ADD ")):
             parts = [p for p in line.split()[1:] if not p.startswith("--")]

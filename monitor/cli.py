@@ -9,7 +9,6 @@ from __future__ import annotations
 import getpass
 import json
 import logging
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,7 +20,6 @@ app = typer.Typer(
     help="MediScale monitoring: live performance and champion/challenger decisions.", no_args_is_help=True
 )
 log = logging.getLogger("monitor")
-SERVICE_ENV = "MEDISCALE_SERVICE_URL"
 
 
 @app.callback()
@@ -48,11 +46,10 @@ def _store(store_url: str | None):
 
 
 def _routing(service: str | None, serve_config: Path | None):
+    from data.config import Settings
     from monitor.service import routing
 
-    return routing(
-        service if service is not None else os.environ.get(SERVICE_ENV, "http://localhost:8000"), serve_config
-    )
+    return routing(service if service is not None else Settings.from_env().service_url, serve_config)
 
 
 def _emit(result: dict, json_path: Path | None, text: str) -> None:
@@ -72,7 +69,7 @@ STORE_OPT = typer.Option(
 SERVICE_OPT = typer.Option(
     None,
     "--service",
-    help=f"The running service, for its weights and bands; default {SERVICE_ENV} or localhost:8000.",
+    help="The running service, for its weights and bands; default MEDISCALE_SERVICE_URL or localhost:8000.",
 )
 CONFIG_OPT = typer.Option(None, "--serve-config", help="Fallback for weights: a serve config YAML.")
 JSON_OPT = typer.Option(None, "--json", help="Write the full result here as JSON ('-' prints it instead).")

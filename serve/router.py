@@ -117,8 +117,11 @@ class Router:
         self._background: set[asyncio.Task] = set()
 
     def _store_url(self) -> str | None:
-        if self.args.store_url or os.environ.get("MEDISCALE_STORE_URL"):
-            return self.args.store_url or os.environ["MEDISCALE_STORE_URL"]
+        from data.config import Settings
+
+        env_url = Settings.from_env().store_url
+        if self.args.store_url or env_url:
+            return self.args.store_url or env_url
         if self.args.data_dir:
             return f"sqlite:///{Path(self.args.data_dir).resolve() / 'predictions.db'}"
         return None  # the store's own default: SQLite in the data dir

@@ -311,11 +311,12 @@ def _joined_select() -> sa.Select:
 
 def default_url() -> str:
     """MEDISCALE_STORE_URL, else an SQLite file `predictions.db` in the data dir."""
-    if os.environ.get(URL_ENV):
-        return os.environ[URL_ENV]
     from data.config import Settings
 
-    return f"sqlite:///{(Settings.from_env().data_dir / DB_FILENAME).resolve()}"
+    settings = Settings.from_env()
+    if settings.store_url:
+        return settings.store_url
+    return f"sqlite:///{(settings.data_dir / DB_FILENAME).resolve()}"
 
 
 def _resolve_url(url: str | URL | None) -> URL:

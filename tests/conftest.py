@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-# PostgreSQL fixtures (`postgres_url`, `fresh_postgres_url`) live in tests/postgres.py.
-pytest_plugins = ["postgres"]
+# PostgreSQL fixtures (`postgres_url`, `fresh_postgres_url`) live in tests/postgres.py; Serve
+# fixtures and `deploy` (`serve_port`) in tests/serving.py.
+pytest_plugins = ["postgres", "serving"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no usage pings from test runs

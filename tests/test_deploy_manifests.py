@@ -68,6 +68,7 @@ def test_kuberay_folder_has_every_manifest() -> None:
         "raycluster.yaml",
         "rayjob-train.yaml",
         "rayjob-tune.yaml",
+        "rayjob-monitor.yaml",
         "podmonitor.yaml",
     }
     assert expected <= names
@@ -90,7 +91,7 @@ def test_manifests_agree_with_each_other(manifests: list[Any]) -> None:
 
 def test_every_image_is_tagged_with_the_ray_version(manifests: list[Any], launcher: dict) -> None:
     specs = [checks.cluster_spec(m) for m in manifests if checks.cluster_spec(m) is not None]
-    assert len(specs) == 6  # RayService, RayCluster, 4 RayJobs
+    assert len(specs) == 7  # RayService, RayCluster, 5 RayJobs
     assert {spec["rayVersion"] for spec in specs} == {RAY_VERSION}
     images = [image for m in manifests for _, image in checks.iter_images(m.doc)]
     images += [image for _, image in checks.iter_images(launcher)]
@@ -273,7 +274,13 @@ def test_app_deployment_check_catches_a_renamed_deployment(
 
 @pytest.mark.parametrize(
     "name",
-    ["mediscale-train-tabular", "mediscale-train-notes", "mediscale-tune-xgboost", "mediscale-tune-text"],
+    [
+        "mediscale-train-tabular",
+        "mediscale-train-notes",
+        "mediscale-tune-xgboost",
+        "mediscale-tune-text",
+        "mediscale-monitor-decide",
+    ],
 )
 def test_rayjob_entrypoint_parses_with_the_project_cli(manifests: list[Any], name: str) -> None:
     job = _one(manifests, "RayJob", name)

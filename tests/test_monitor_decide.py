@@ -295,12 +295,12 @@ def test_apply_rollback_sets_the_weight_to_zero_for_those_versions_only(store: P
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "monitor", *args],
+        [sys.executable, "-m", "monitor", *args, *([] if args[0] == "history" else ["--service", ""])],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "MEDISCALE_SERVICE_URL": "", **(env or {})},
+        env={**os.environ, **(env or {})},
     )
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from serving import app_config, deploy
 
 from serve.app import (
-    NoteBatchConfig,
     RouterConfig,
     pick_variant,
 )
@@ -22,61 +22,6 @@ TEST_VARIANTS = {
     "champion": {"weight": 0.9, "tabular": "champion", "note": "champion"},
     "challenger": {"weight": 0.1, "tabular": "challenger", "note": "challenger"},
 }
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-QUARTER_CPU = {"num_cpus": 0.25}  # two applications side by side fit the 2-CPU test cluster
-DEPLOYED: dict[str, dict] = {}  # what `serve deploy` would hold: every app of the cluster's config
-
-
-def app_config(name: str, route_prefix: str, args: dict, router: dict) -> dict:
-    """One application in serve/config.yaml's format: built from `serve.app:build_app` by import
-    path, as `serve deploy` does, so a change of user_config alone reconfigures in place."""
-    return {
-        "name": name,
-        "route_prefix": route_prefix,
-        "import_path": "serve.app:build_app",
-        "args": args,
-        "deployments": [
-            {"name": "TabularScorer", "ray_actor_options": QUARTER_CPU},
-            {"name": "Combiner", "ray_actor_options": QUARTER_CPU},
-            {
-                "name": "NoteScorer",
-                "ray_actor_options": QUARTER_CPU,
-                "user_config": NoteBatchConfig().model_dump(),
-            },
-            {"name": "Router", "ray_actor_options": QUARTER_CPU, "user_config": router},
-        ],
-    }
-
-
-def deploy(config: dict | None = None, remove: str | None = None) -> None:
-    """Apply the whole multi-application config (what `serve deploy serve/config.yaml` does)."""
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
-
-    if config:
-        DEPLOYED[config["name"]] = config
-    if remove:
-        DEPLOYED.pop(remove, None)
-    _get_global_client().deploy_apps(ServeDeploySchema(applications=list(DEPLOYED.values())), _blocking=True)
-
-
-@pytest.fixture(scope="module")
-def serve_port(ray_cluster: object) -> int:
-    from ray import serve
-
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield port
-    serve.shutdown()
 
 
 @pytest.fixture(scope="module")
