@@ -19,7 +19,7 @@ NOTE_ARGS := --task readmission --features $(DATA_DIR)/features --register --sam
 CURL_EXAMPLE := curl -s localhost:8000/predict -H 'content-type: application/json' \
 	-d '{"age": 67, "blood_pressure": 140, "prior_admissions_365d": 2, "clinical_note": "Reports chest pain at discharge. Lives alone."}'
 
-.PHONY: run models note-models serve venv data test test-fast lint format bench-data bench-tabular bench-behaviour bench-choices bench-text bench-tune bench-serve tune clean \
+.PHONY: run models note-models serve venv data test test-fast lint format bench-data bench-tabular bench-behaviour bench-choices bench-decisions monitor-report monitor-decide bench-text bench-tune bench-serve tune clean \
 	render deploy-check image image-gpu
 REGISTRY ?= registry.example.com
 RAY_VERSION := $(shell sed -n 's/^ARG RAY_VERSION=//p' Dockerfile)
@@ -106,6 +106,17 @@ bench-text: venv data
 URL ?= http://localhost:8000
 bench-behaviour: venv
 	$(BIN)/python bench/behaviour.py --url $(URL) --json bench/results/behaviour_default_routing.json
+
+# Error rates of the champion/challenger rule by simulation (about 4 minutes; run it alone).
+bench-decisions: venv
+	$(BIN)/python bench/decisions.py --json bench/results/decisions.json
+
+# Against the prediction store of `make run` (and its service on :8000 for the weights).
+monitor-report: venv
+	$(BIN)/python -m monitor report
+
+monitor-decide: venv
+	$(BIN)/python -m monitor decide
 
 bench-choices: venv data
 	$(BIN)/python bench/tabular_choices.py --features $(DATA_DIR)/features --json bench/results/tabular_choices.json

@@ -72,8 +72,16 @@ def versions_key(versions: Mapping[str, Any] | None) -> str:
 
 
 def ensure_tables(store: PredictionStore) -> None:
+    """Create the control tables once per store object (a write transaction: not on every read)."""
+    if getattr(store, "_control_ready", False):
+        return
+    from serve.store import _DDL_LOCK_KEY
+
     with store.transaction() as conn:
+        if store.backend == "postgresql":  # replicas starting together would race on CREATE TABLE
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_DDL_LOCK_KEY)))
         metadata.create_all(conn)
+    store._control_ready = True  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

@@ -339,3 +339,19 @@ def test_cli_report_and_decide_write_json(tmp_path: Path) -> None:
     history = _cli("history", "--store-url", url, "--json", "-")
     assert json.loads(history.stdout)["decisions"][0]["as_of"].startswith("2026-03-15")
     assert read_rule().digest() == RuleConfig.model_validate(read_rule().model_dump()).digest()
+
+
+def test_decide_and_rollback_on_postgresql(fresh_postgres_url: str) -> None:
+    """The same loop on the PostgreSQL store: decision log, idempotence and routing override."""
+    from monitor.apply import apply
+
+    def overpredict(p, z):
+        return 1 / (1 + np.exp(-(np.log(p / (1 - p)) + 1.2)))
+
+    with PredictionStore(fresh_postgres_url) as db:
+        fill(db, 1500, challenger_sd=1.0, challenger_map=overpredict)
+        decision = decide(db, EVEN, RULE, as_of=START + timedelta(days=100))
+        assert decision.outcome == "rollback"
+        assert decide(db, EVEN, RULE, as_of=START + timedelta(days=100)).id == decision.id
+        apply(db, decision, "ml-lead")
+        assert latest_overrides(db)["challenger"].weight == 0.0
