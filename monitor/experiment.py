@@ -33,6 +33,10 @@ class MonitorError(ValueError):
     """The question cannot be answered from this store (empty, one variant, ...): exit 2."""
 
 
+class NoPredictions(MonitorError):
+    """Nothing in the window: `report` answers with an empty report, `decide` with exit 2."""
+
+
 @dataclass(frozen=True)
 class Arm:
     variant: str
@@ -110,7 +114,7 @@ def load(
     frame = store.joined(since=since, until=as_of)
     if frame.empty:
         where = f" since {since.isoformat()}" if since else ""
-        raise MonitorError(f"the prediction store has no predictions{where} up to {as_of.isoformat()}")
+        raise NoPredictions(f"the prediction store has no predictions{where} up to {as_of.isoformat()}")
     stamp = pd.Timestamp(as_of)
     late_feedback = frame["feedback_at"].notna() & (frame["feedback_at"] > stamp)
     frame.loc[late_feedback, "outcome"] = pd.NA

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from monitor.evidence import coverage_by_arm
-from monitor.experiment import Experiment, MonitorError, load
+from monitor.experiment import Experiment, NoPredictions, load
 from monitor.metrics import expected_auroc, expected_brier, performance
 from monitor.service import Routing
 from monitor.stats import srm_test
@@ -180,7 +180,7 @@ def report(
         }
     try:
         experiment = load(store, as_of, since, maturity_days, champion, challenger)
-    except MonitorError as err:
+    except NoPredictions as err:
         return {**base, "empty": True, "message": str(err)}
     rows = experiment.rows
     observed = {

@@ -52,6 +52,11 @@ def deploy(config: dict | None = None, remove: str | None = None) -> None:
         DEPLOYED[config["name"]] = config
     if remove:
         DEPLOYED.pop(remove, None)
+        if not DEPLOYED:  # an empty config never reports "running": delete the last app directly
+            from ray import serve
+
+            serve.delete(remove)
+            return
     _get_global_client().deploy_apps(ServeDeploySchema(applications=list(DEPLOYED.values())), _blocking=True)
 
 

@@ -355,3 +355,15 @@ def test_decide_and_rollback_on_postgresql(fresh_postgres_url: str) -> None:
         assert decide(db, EVEN, RULE, as_of=START + timedelta(days=100)).id == decision.id
         apply(db, decision, "ml-lead")
         assert latest_overrides(db)["challenger"].weight == 0.0
+
+
+def test_report_with_one_variant_only_is_an_error_but_an_empty_window_is_an_empty_report(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    with PredictionStore(url) as db:
+        fill(db, 40, split=0.0)
+    one = _cli("report", "--store-url", url, "--as-of", "2026-06-01")
+    assert one.returncode == 2 and "'challenger'" in one.stderr and "Traceback" not in one.stderr
+    before = _cli("report", "--store-url", url, "--as-of", "2025-06-01", "--json", "-")
+    assert before.returncode == 0 and json.loads(before.stdout)["empty"] is True
