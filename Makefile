@@ -9,6 +9,9 @@ SEED ?= 0
 # Absolute: Ray workers and Serve replicas do not share this shell's working directory.
 export MEDISCALE_DATA_DIR := $(abspath $(DATA_DIR))
 export MLFLOW_DISABLE_TELEMETRY := true
+# The venv first on PATH: the Ray cluster `make run` starts then runs `python` (Ray Job entrypoints
+# such as `ray job submit -- python -m monitor decide`) with this project's interpreter.
+export PATH := $(abspath $(BIN)):$(PATH)
 MODELS := $(DATA_DIR)/models
 TABULAR_METRICS := $(MODELS)/tabular_metrics.json
 # The opaque note model (`python -m ml train-notes --task readmission ...`) is not part of

@@ -64,7 +64,9 @@ class Experiment:
     @property
     def name(self) -> str:
         champ, chall = self.champion, self.challenger
-        return f"{champ.variant}[{champ.key}] vs {chall.variant}[{chall.key}]"
+        name = f"{champ.variant}[{champ.key}] vs {chall.variant}[{chall.key}]"
+        # A window opened with --since is its own experiment: its looks and rule are its own.
+        return name if self.since is None else f"{name} since {self.since.isoformat()}"
 
     @property
     def started(self) -> datetime:
