@@ -77,7 +77,7 @@ $(MODELS)/notes_challenger.json: $(MODELS)/notes_metrics.json
 test: venv
 	$(BIN)/pytest
 
-# The edit-loop tier: no Ray cluster, no slow tests (about 90 s).
+# The edit-loop tier: no Ray cluster, no slow tests (about 2 minutes).
 test-fast: venv
 	$(BIN)/pytest -m "not ray and not slow" -q
 
