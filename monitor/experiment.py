@@ -5,8 +5,8 @@ Rules (the same for the report and the decision):
 - A prediction is matured when created_at + maturity (30 days) <= T. A matured prediction
   without feedback is missing, never negative; a young one without feedback is normal.
 - The experiment is the champion variant's current model versions against the challenger's
-  (the newest prediction of each variant name up to T). Rows served by older versions belong to
-  an earlier experiment and are left out.
+  (the newest prediction of each variant name up to T), from the first moment both served them.
+  Rows served by older versions, or before that moment, belong to an earlier experiment.
 - One row per patient: a patient's first matured prediction (admissions of one patient are not
   independent). Requests without a patient id count as their own patient.
 - Paired: when the other arm's model scored the same request in shadow, both probabilities are
@@ -145,7 +145,10 @@ def load(
         )
     in_champ = (frame["variant"] == champion) & (frame["versions"] == champ.key)
     in_chall = (frame["variant"] == challenger) & (frame["versions"] == chall.key)
-    rows = frame[in_champ | in_chall].copy()
+    # The experiment starts when both arms serve these versions: champion rows from before the
+    # challenger's version arrived belong to an earlier experiment (and would skew the split).
+    start = max(frame.loc[in_champ, "created_at"].min(), frame.loc[in_chall, "created_at"].min())
+    rows = frame[(in_champ | in_chall) & (frame["created_at"] >= start)].copy()
     rows["arm"] = np.where(rows["variant"] == champion, "champion", "challenger")
     shadow_champ = (rows["shadow_variant"] == champion) & (rows["shadow_versions"] == champ.key)
     shadow_chall = (rows["shadow_variant"] == challenger) & (rows["shadow_versions"] == chall.key)

@@ -367,3 +367,14 @@ def test_report_with_one_variant_only_is_an_error_but_an_empty_window_is_an_empt
     assert one.returncode == 2 and "'challenger'" in one.stderr and "Traceback" not in one.stderr
     before = _cli("report", "--store-url", url, "--as-of", "2025-06-01", "--json", "-")
     assert before.returncode == 0 and json.loads(before.stdout)["empty"] is True
+
+
+def test_the_experiment_starts_when_both_arms_serve_their_versions(store: PredictionStore) -> None:
+    """Champion rows from before the challenger's version arrived are another experiment's."""
+    earlier = {"champion": {"tabular": "1"}, "challenger": {"tabular": "0"}}
+    fill(store, 300, seed=3, versions=earlier)  # the champion against an older challenger
+    fill(store, 600, seed=4, start=START + timedelta(days=20))
+    decision = decide(store, EVEN, RULE, as_of=START + timedelta(days=90))
+    counts = decision.figures["predictions"]
+    assert counts["champion"] + counts["challenger"] == 600
+    assert next(g for g in decision.gates if g["name"] == "sample_ratio")["passed"]

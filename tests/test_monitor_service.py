@@ -33,7 +33,7 @@ RULE = {"min_labels": 200, "min_events": 20, "cs_n_opt": 800, "max_labels": 3000
 def records(synthetic_raw: Path) -> list[dict]:
     from data.replay import raw_records
 
-    return [r["record"] for r in raw_records(str(synthetic_raw), limit=1200)]
+    return [r["record"] for r in raw_records(str(synthetic_raw), limit=600)]
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +166,7 @@ def test_equal_models_keep_testing_through_many_looks(
     try:
         waves = []
         for k in range(5):  # five waves of patients, a second apart: five looks, each seeing one more
-            served = _predict(url, records[k * 150 : (k + 1) * 150], f"eq{k}")
+            served = _predict(url, records[k * 120 : (k + 1) * 120], f"eq{k}")
             waves.append(datetime.now(UTC))
             pairs = _paired(f"sqlite:///{store}", [p["request_id"] for p in served])
             _feedback(url, _outcomes(pairs, None, seed=k))
@@ -175,7 +175,7 @@ def test_equal_models_keep_testing_through_many_looks(
         with PredictionStore(f"sqlite:///{store}") as db:
             looks = [decide(db, routing, rule, as_of=_matured_at(w)) for w in waves]
         assert [d.figures["labelled"] for d in looks] == sorted({d.figures["labelled"] for d in looks})
-        assert looks[-1].figures["labelled"] >= 700 and looks[-1].figures["paired"]
+        assert looks[-1].figures["labelled"] >= 500 and looks[-1].figures["paired"]
         assert [d.outcome for d in looks] == ["keep_testing"] * 5, [d.reasons for d in looks]
         again = _monitor(
             env, "decide", "--as-of", _after_maturity(waves[-1]), "--rule", str(rule_file),
@@ -187,7 +187,7 @@ def test_equal_models_keep_testing_through_many_looks(
             "--service", url, "--n-boot", "50",
         )  # fmt: skip
         assert report["traffic"]["sample_ratio"]["p_value"] > 0.001
-        assert report["paired"]["patients"] >= 700
+        assert report["paired"]["patients"] >= 500
     finally:
         deploy(remove="equal")
 
