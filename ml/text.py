@@ -16,8 +16,9 @@ text classification?") found best for long documents, and it costs one forward p
 chunking with pooling costs one per chunk. Short texts are untouched.
 
 Training loop (`train_loop_per_worker`), per worker:
-- its shard of pre-tokenized rows (tokenized once by Ray Data `map_batches`, the tokenizer
-  loaded once per Ray Data worker), batched with dynamic padding (pad to the batch's longest);
+- its shard of pre-tokenized rows (tokenized once, by the driver for small splits, else by Ray
+  Data `map_batches` with the tokenizer loaded once per Ray Data worker), batched with dynamic
+  padding (pad to the batch's longest);
 - `prepare_model` (DDP across workers), AdamW with linear warm-up then decay;
 - an optimizer step = `batch_size * grad_accum` rows per worker, run as micro-batches of
   `batch_size`; gradients are averaged across workers once per step (DDP's per-backward sync is
@@ -173,10 +174,13 @@ def encode(
 
 
 class Tokenize:
-    """Ray Data `map_batches` class: the tokenizer is loaded once per Ray Data worker."""
+    """Ray Data `map_batches` class: the tokenizer is loaded once per Ray Data worker (or passed in,
+    when the caller tokenizes in its own process)."""
 
-    def __init__(self, model: str, max_length: int, head_tokens: int):
-        self.tokenizer = load_tokenizer(model)
+    def __init__(
+        self, model: str, max_length: int, head_tokens: int, tokenizer: PreTrainedTokenizerBase | None = None
+    ):
+        self.tokenizer = tokenizer or load_tokenizer(model)
         self.max_length = max_length
         self.head_tokens = head_tokens
 
@@ -571,28 +575,52 @@ def _label_ids(frame: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
     )
 
 
-def tokenized_dataset(frame: pd.DataFrame, labels: list[str], config: TextConfig):
+# Splits up to this many rows are tokenized in the calling process, where the tokenizer is loaded
+# anyway: a Ray Data worker costs a process start, the transformers import and a tokenizer load
+# (5-10 s on a small machine), more than the fast tokenizer takes for thousands of rows.
+LOCAL_TOKENIZE_MAX_ROWS = 20_000
+
+
+def tokenized_dataset(
+    frame: pd.DataFrame,
+    labels: list[str],
+    config: TextConfig,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+):
     """Rows -> a materialized Ray Dataset of token ids (materialized so that the reads never wait
-    for CPUs the training workers hold; token ids are small)."""
+    for CPUs the training workers hold; token ids are small). Small splits are tokenized here
+    (with `tokenizer` if given), larger ones by Ray Data `map_batches`; the rows are the same."""
     import ray.data
 
-    ds = ray.data.from_pandas(_label_ids(frame, labels))
-    return ds.map_batches(
-        Tokenize,
-        fn_constructor_kwargs={
-            "model": config.model,
-            "max_length": config.max_length,
-            "head_tokens": config.head_tokens,
-        },
-        batch_size=256,
-        concurrency=1,
-        num_cpus=1,
-    ).materialize()
+    rows = _label_ids(frame, labels)
+    if 0 < len(rows) <= LOCAL_TOKENIZE_MAX_ROWS:  # (the tokenizer refuses an empty list)
+        tokenize = Tokenize(config.model, config.max_length, config.head_tokens, tokenizer)
+        batch = tokenize({"text": rows["text"].to_numpy(), "label": rows["label"].to_numpy()})
+        table = pd.DataFrame({"input_ids": list(batch["input_ids"]), "label": batch["label"]})
+        return ray.data.from_pandas(table).materialize()
+    return (
+        ray.data.from_pandas(rows)
+        .map_batches(
+            Tokenize,
+            fn_constructor_kwargs={
+                "model": config.model,
+                "max_length": config.max_length,
+                "head_tokens": config.head_tokens,
+            },
+            batch_size=256,
+            concurrency=1,
+            num_cpus=1,
+        )
+        .materialize()
+    )
 
 
-def tokenized_datasets(splits: TextSplits, config: TextConfig) -> dict:
+def tokenized_datasets(
+    splits: TextSplits, config: TextConfig, tokenizer: PreTrainedTokenizerBase | None = None
+) -> dict:
+    tokenizer = tokenizer or load_tokenizer(config.model)
     return {
-        split: tokenized_dataset(getattr(splits, split), splits.labels, config)
+        split: tokenized_dataset(getattr(splits, split), splits.labels, config, tokenizer)
         for split in ("train", "valid")
     }
 
@@ -626,7 +654,7 @@ def fit(
     splits.check()
     tokenizer = load_tokenizer(config.model)  # fails fast, before any worker starts
     t0 = time.perf_counter()
-    datasets = datasets or tokenized_datasets(splits, config)
+    datasets = datasets or tokenized_datasets(splits, config, tokenizer)
     loop_config = {
         **config.model_dump(),
         "labels": splits.labels,

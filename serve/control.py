@@ -9,6 +9,10 @@
 - `decisions`: the audit trail of `python -m monitor decide`: inputs, counts, estimates, bounds,
   the rule and its hash, the code version, and who applied it and when. One row per experiment
   and as-of time, so deciding twice for the same as-of returns the stored decision.
+- `monitor_events`: every other monitoring pass (a drift check, a `monitor watch` pass with
+  what it retrained and registered), with its summary (`drift_share` for a drift check) and
+  its JSON payload. The service reads the newest drift share from here for its metrics, and
+  `monitor decide`'s drift gate reads the newest check of the challenger's versions.
 
 Both live next to `predictions` (same engine, same transactions), created on first use.
 """
@@ -64,6 +68,22 @@ decisions = sa.Table(
     sa.Column("applied_action", _JSON),
     sa.UniqueConstraint("experiment", "as_of", name="uq_decisions_experiment_as_of"),
 )
+
+monitor_events = sa.Table(
+    "monitor_events",
+    metadata,
+    sa.Column("id", _PK, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("variant", sa.String(128)),
+    sa.Column("model_versions", _JSON),
+    sa.Column("drift_share", sa.Float),
+    sa.Column("summary", sa.String(512), nullable=False),
+    sa.Column("payload", _JSON, nullable=False),
+    sa.Column("code_version", sa.String(64), nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.Index("ix_monitor_events_kind", "kind"),
+)
+EVENT_KINDS = ("drift", "watch")
 
 
 def versions_key(versions: Mapping[str, Any] | None) -> str:
@@ -175,3 +195,92 @@ def dumps(payload: Any) -> Any:
     from serve.store import _jsonable
 
     return json.loads(json.dumps(_jsonable(payload), allow_nan=False))
+
+
+@dataclass(frozen=True)
+class MonitorEvent:
+    id: int
+    kind: str
+    variant: str | None
+    model_versions: dict[str, str]
+    drift_share: float | None
+    summary: str
+    payload: dict[str, Any]
+    code_version: str
+    created_at: datetime
+
+
+def _event(store: PredictionStore, r: Mapping[str, Any]) -> MonitorEvent:
+    return MonitorEvent(
+        id=int(r["id"]),
+        kind=r["kind"],
+        variant=r["variant"],
+        model_versions={str(k): str(v) for k, v in (r["model_versions"] or {}).items()},
+        drift_share=r["drift_share"],
+        summary=r["summary"],
+        payload=r["payload"] or {},
+        code_version=r["code_version"],
+        created_at=_row_time(store, r["created_at"]),
+    )
+
+
+def log_event(
+    store: PredictionStore,
+    kind: str,
+    summary: str,
+    payload: Mapping[str, Any],
+    code_version: str,
+    variant: str | None = None,
+    model_versions: Mapping[str, Any] | None = None,
+    drift_share: float | None = None,
+) -> int:
+    """Add a monitoring event (a drift check, a watch pass) to the audit table; returns its id."""
+    if kind not in EVENT_KINDS:
+        raise ValueError(f"kind must be one of {EVENT_KINDS}, got {kind!r}")
+    ensure_tables(store)
+    row = {
+        "kind": kind,
+        "variant": variant,
+        "model_versions": {str(k): str(v) for k, v in (model_versions or {}).items() if v is not None},
+        "drift_share": None if drift_share is None else float(drift_share),
+        "summary": summary[:512],
+        "payload": dumps(payload),
+        "code_version": code_version[:64],
+        "created_at": store.to_db_time(datetime.now(UTC)),
+    }
+    with store.transaction() as conn:
+        return int(conn.execute(monitor_events.insert().returning(monitor_events.c.id), row).scalar_one())
+
+
+def events(
+    store: PredictionStore, kind: str | None = None, variant: str | None = None, limit: int = 50
+) -> list[MonitorEvent]:
+    """The newest events first, optionally of one kind and one variant."""
+    ensure_tables(store)
+    stmt = sa.select(monitor_events).order_by(monitor_events.c.id.desc()).limit(limit)
+    if kind is not None:
+        stmt = stmt.where(monitor_events.c.kind == kind)
+    if variant is not None:
+        stmt = stmt.where(monitor_events.c.variant == variant)
+    with store.engine.connect() as conn:
+        return [_event(store, r) for r in conn.execute(stmt).mappings().all()]
+
+
+def latest_event(store: PredictionStore, kind: str, variant: str | None = None) -> MonitorEvent | None:
+    found = events(store, kind=kind, variant=variant, limit=1)
+    return found[0] if found else None
+
+
+def latest_decision(store: PredictionStore) -> dict[str, Any] | None:
+    """The newest row of the decision log (id, experiment, outcome, as_of, created_at), or None."""
+    ensure_tables(store)
+    cols = [
+        decisions.c.id,
+        decisions.c.experiment,
+        decisions.c.outcome,
+        decisions.c.as_of,
+        decisions.c.created_at,
+    ]
+    with store.engine.connect() as conn:
+        row = conn.execute(sa.select(*cols).order_by(decisions.c.id.desc()).limit(1)).mappings().first()
+    return dict(row) if row else None

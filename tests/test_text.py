@@ -164,6 +164,26 @@ def test_out_of_memory_at_batch_one_gives_up_clearly(tiny_bert: Path) -> None:
         _one_step(tiny_bert, tiny(tiny_bert, batch_size=2, debug_oom_above=0), toy_negation(2, 4))
 
 
+def test_local_and_ray_data_tokenization_give_the_same_rows(
+    ray_cluster: object, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small splits are tokenized in the driver, large ones by Ray Data: the same rows either way."""
+    import ml.text
+
+    frame = toy_negation(40, 5).assign(text=lambda f: f["text"] + " More words." * 3)
+    config = tiny(tiny_bert, max_length=12, head_tokens=4)
+
+    def rows(ds) -> list:
+        return [(r["input_ids"].dtype.name, r["input_ids"].tolist(), r["label"]) for r in ds.iter_rows()]
+
+    local = rows(ml.text.tokenized_dataset(frame, ["Affirmed", "Negated"], config))
+    monkeypatch.setattr(ml.text, "LOCAL_TOKENIZE_MAX_ROWS", 10)
+    ray_data = rows(ml.text.tokenized_dataset(frame, ["Affirmed", "Negated"], config))
+    assert len(local) == 40 and sorted(local) == sorted(ray_data)
+    assert {len(ids) for _, ids, _ in local} == {12} and {dtype for dtype, _, _ in local} == {"int32"}
+    assert [label for _, _, label in local] == (frame["label"] == "Negated").astype(int).tolist()
+
+
 # --------------------------------------------------------------------------- the Ray Train loop
 
 
@@ -260,15 +280,19 @@ def test_train_notes_cli_refuses_an_unknown_task(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def negex_model(ray_cluster: object, datasets_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """all-MiniLM-L6-v2 fine-tuned for two epochs on NegEx reports 1-64 (the test reports unseen).
+    """all-MiniLM-L6-v2 fine-tuned for one epoch (82 steps) on NegEx reports 1-64 (the test
+    reports unseen), at lr 2e-4 with sentences cut to 48 tokens (the median is 20).
 
-    One epoch was not enough: that model called "<name> denies [shortness of breath] at rest."
-    Affirmed for 6 of 10 subjects (names and "The patient" alike); two epochs get all 40 probes
-    below right (measured 2026-11-22, about 140 s of training here).
+    One epoch at lr 1e-4 was not enough: that model called "<name> denies [shortness of breath]
+    at rest." Affirmed for 6 of 10 subjects (names and "The patient" alike). Two epochs at 1e-4
+    (the earlier setting, ~140 s of training here) and one epoch at 2e-4 both get all 44 probes
+    below right; at 2e-4 with three seeds the Negated probabilities of one probe differ by at most
+    0.024 across names (limit 0.1), and accuracy on reports 81-120 is 0.97-0.98 (measured
+    2026-11-29 with an in-process copy of the training loop).
     """
     from ml.text_tasks import negex_splits
 
-    config = TextConfig(max_length=64, head_tokens=16, batch_size=16, epochs=2, learning_rate=1e-4,
+    config = TextConfig(max_length=48, head_tokens=16, batch_size=16, epochs=1, learning_rate=2e-4,
                         cpus_per_worker=2)  # fmt: skip
     return fit(
         negex_splits(datasets_dir), config, storage_path=str(tmp_path_factory.mktemp("negex"))
