@@ -39,13 +39,20 @@ def synth(
     out: str = typer.Option(..., help="Raw EHR folder to write (local path or s3://)."),
     seed: int = typer.Option(0, help="Same seed and patient count, same data."),
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
+    shift: list[str] = typer.Option(
+        [],
+        "--shift",
+        help="Shifted scenario, repeatable or comma-separated: older_hf, creatinine_umol, "
+        "note_template, missing_lab_feed (see data/README.md). Default: none.",
+    ),
     json_path: Path | None = JSON_OPTION,
 ) -> None:
     """Generate a synthetic MIMIC-style raw EHR folder with Ray tasks."""
-    from data.synth import generate
+    from data.synth import generate, parse_shifts
 
+    shifts = parse_shifts(shift)  # a typo fails here, before Ray starts
     init_ray()
-    _summary(generate(patients, seed, out, overwrite=overwrite), json_path)
+    _summary(generate(patients, seed, out, overwrite=overwrite, shift=shifts), json_path)
 
 
 @app.command()

@@ -51,6 +51,7 @@ __all__ = [
     "LIVES_ALONE_PHRASES",
     "NEGATION_CUES",
     "NEGATION_WINDOW",
+    "NOTE_TEMPLATES",
     "NO_FOLLOWUP_PHRASES",
     "POST_NEGATION_CUES",
     "PRIMARY_PROBLEMS",
@@ -902,6 +903,98 @@ def _orders() -> tuple[tuple[str, ...], ...]:
 _ORDERS = _orders()
 _SECTIONS = _ORDERS[0]
 
+# --------------------------------------------------------------------------------------------
+# The "abbreviated" template: another hospital system's discharge-summary template (other
+# header names, bracketed or colon headers, a problem-first section order, heavy
+# abbreviations). Same facts, other wording: what a reader tuned to the standard template sees
+# when a hospital switches EHR templates. The synthetic `note_template` shift uses it. The
+# guarantees in the module docstring hold for "standard" only: here "negative for" becomes
+# "neg for" and "without" "w/o", cues a standard-trained reader may not know.
+# --------------------------------------------------------------------------------------------
+
+NOTE_TEMPLATES: tuple[str, ...] = ("standard", "abbreviated")
+_SEP = "\x03"  # joins sections while the abbreviated template is typo'd in the standard layout
+
+_ALT_HEADER_NAMES = {
+    "cc": ("Reason for Visit", "RFV", "Admit Reason"),
+    "hpi": ("Subjective", "Presenting Complaint", "HPI/Subjective"),
+    "pmh": ("Problem List", "Active Problems", "Medical Problems"),
+    "social": ("Psychosocial", "Social/Functional", "Home Situation"),
+    "family": ("FH", "Family Medical Hx", "Pertinent FH"),
+    "course": ("Inpatient Course", "Course in Hospital", "A/P by Problem"),
+    "exam": ("Objective", "PE on Day of D/C", "Exam (D/C)"),
+    "ros": ("Systems Review", "Pertinent ROS", "ROS (D/C)"),
+    "dx": ("Principal Dx", "Dx", "Problems Addressed"),
+    "meds": ("D/C Med Rec", "Med Reconciliation", "Meds (D/C)"),
+    "condition": ("Status at D/C", "Clinical Status", "Condition (D/C)"),
+    "dispo": ("D/C To", "Destination", "Going To"),
+    "plan": ("F/U", "Outpt F/U", "Next Steps", "Pt Instructions"),
+}
+# Per header style: "Name:" or "[NAME]" on a line of its own.
+_ALT_HEADERS = (
+    {k: tuple(f"{n}:" for n in v) for k, v in _ALT_HEADER_NAMES.items()},
+    {k: tuple(f"[{n.upper()}]" for n in v) for k, v in _ALT_HEADER_NAMES.items()},
+)
+_ALT_TITLES = ("D/C SUMMARY", "Hospital D/C Summary", "Hospitalist D/C Summary")
+
+
+def _alt_orders() -> tuple[tuple[str, ...], ...]:
+    """Problem-first: diagnosis, course and plan before the history."""
+    out = []
+    for dx_first, meds_first, social_first in product((0, 1), repeat=3):
+        o = ["dx", "cc"] if dx_first else ["cc", "dx"]
+        o += ["course", "condition"]
+        o += ["meds", "dispo", "plan"] if meds_first else ["dispo", "plan", "meds"]
+        o += ["hpi", "ros", "exam", "pmh"]
+        o += ["social", "family"] if social_first else ["family", "social"]
+        out.append(tuple(o))
+    return tuple(out)
+
+
+_ALT_ORDERS = _alt_orders()
+
+# Whole words or phrases -> (abbreviation, its form at the start of a sentence).
+_ABBREVIATIONS: dict[str, tuple[str, str]] = {
+    "congestive heart failure": ("CHF", "CHF"),
+    "heart failure": ("HF", "HF"),
+    "shortness of breath": ("SOB", "SOB"),
+    "chest pain": ("CP", "CP"),
+    "lower extremity": ("LE", "LE"),
+    "complains of": ("c/o", "C/o"),
+    "complaints of": ("c/o", "C/o"),
+    "complain of": ("c/o", "C/o"),
+    "history of": ("h/o", "H/o"),
+    "hx of": ("h/o", "H/o"),
+    "negative for": ("neg for", "Neg for"),
+    "without": ("w/o", "W/o"),
+    "with": ("w/", "W/"),
+    "patient": ("pt", "Pt"),
+    "discharged": ("d/c'd", "D/C'd"),
+    "discharge": ("d/c", "D/C"),
+    "follow-up": ("f/u", "F/u"),
+    "follow up": ("f/u", "F/u"),
+    "appointment": ("appt", "Appt"),
+    "year old": ("yo", "yo"),
+}
+_ABBREVIATION_RE = re.compile(
+    r"(?<![A-Za-z0-9/-])(?:"
+    + "|".join(re.escape(k) for k in sorted(_ABBREVIATIONS, key=len, reverse=True))
+    + r")(?![A-Za-z0-9])",
+    re.I,
+)
+_YEAR_OLD_RE = re.compile(r"(\d+)-year-old\b")
+
+
+def _abbreviate(text: str) -> str:
+    """Rewrite a rendered note in the abbreviated template's wording."""
+
+    def repl(m: re.Match[str]) -> str:
+        lower, upper = _ABBREVIATIONS[m.group(0).lower()]
+        return upper if m.group(0)[0].isupper() else lower
+
+    return _ABBREVIATION_RE.sub(repl, _YEAR_OLD_RE.sub(r"\1 yo", text))
+
+
 # Letters that can be hit instead of the intended key (QWERTY neighbours).
 _KEY_NEIGHBOURS = {
     "a": "qsz",
@@ -966,6 +1059,11 @@ class _Draw:
 
     def pick(self, seq):
         return seq[int(self.u() * len(seq))]
+
+    def pick2(self, a, b):
+        """One draw picks from two sequences alike (a choice and its other-template twin)."""
+        u = self.u()
+        return a[int(u * len(a))], b[int(u * len(b))]
 
     def shuffled(self, items: list) -> list:
         if len(items) < 2:
@@ -1160,9 +1258,16 @@ def _validate(f: NoteFacts) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def render_discharge_summary(rng: np.random.Generator, facts: NoteFacts) -> str:
-    """Render one discharge summary; deterministic in (rng state, facts)."""
+def render_discharge_summary(rng: np.random.Generator, facts: NoteFacts, template: str = "standard") -> str:
+    """Render one discharge summary; deterministic in (rng state, facts).
+
+    Both templates draw the same random numbers, so switching template changes the wording
+    of a note and nothing else the caller's generator produces afterwards.
+    """
     _validate(facts)
+    if template not in NOTE_TEMPLATES:
+        raise ValueError(f"unknown note template {template!r}; expected one of {NOTE_TEMPLATES}")
+    alt = template == "abbreviated"
     d = _Draw(rng)
     g = _PRON[facts.sex]
     sec: dict[str, list[str]] = {k: [] for k in _SECTIONS}
@@ -1311,27 +1416,58 @@ def render_discharge_summary(rng: np.random.Generator, facts: NoteFacts) -> str:
     sec["course"].insert(int(d.u() * (len(sec["course"]) + 1)), los)
     sec["course"].extend(course_end)
 
-    # Assemble.
-    heads = _HEADERS[1 if d.u() < 0.25 else 0]
+    # Assemble. The abbreviated template takes each choice from the same draw as the standard
+    # one and gets its typos on the standard layout (header and title words never get typos),
+    # so both templates consume the caller's generator alike; its title, headers and section
+    # order are swapped in afterwards.
+    style = 1 if d.u() < 0.25 else 0
+    heads, alt_heads = _HEADERS[style], _ALT_HEADERS[style]
     inline = d.u() < 0.6
     blank = "\n\n" if d.u() < 0.5 else "\n"
     parts = []
-    title = d.pick(_TITLES)
+    title, alt_title = d.pick2(_TITLES, _ALT_TITLES)
     if title:
         parts.append(title)
     if d.u() < 0.5:
         parts.append(d.pick(_PREAMBLE))
-    for key in d.pick(_ORDERS):
+    order, alt_order = d.pick2(_ORDERS, _ALT_ORDERS)
+    sections = []  # (key, head, alt head) per rendered section, as in `parts`
+    for key in order:
         body = sec[key]
         if not body:
             continue
         text = _join_body(body)
-        head = d.pick(heads[key])
+        head, alt_head = d.pick2(heads[key], alt_heads[key])
+        sections.append((key, head, alt_head))
         if text[0] == "\n":
             parts.append(head + text)
         else:
             parts.append(head + (" " if inline else "\n") + text)
-    note = blank.join(parts)
+    note = (_SEP if alt else blank).join(parts)
     if facts.typo_rate > 0.0:
         note = _typos(note, facts.typo_rate, d)
-    return note.replace(_PROT, "").replace(_PSP, " ")
+    if alt:
+        note = _relayout(note.split(_SEP), title, alt_title, sections, alt_order, blank)
+    note = note.replace(_PROT, "").replace(_PSP, " ")
+    return _abbreviate(note) if alt else note
+
+
+def _relayout(
+    parts: list[str],
+    title: str,
+    alt_title: str,
+    sections: list[tuple[str, str, str]],
+    alt_order: tuple[str, ...],
+    blank: str,
+) -> str:
+    """The abbreviated template's layout of a note rendered (and typo'd) in the standard one."""
+    front = parts[: len(parts) - len(sections)]  # title and/or preamble
+    if title:
+        front[0] = alt_title
+    by_key = {}
+    for (key, head, alt_head), part in zip(sections, parts[len(front) :], strict=True):
+        rest = part[len(head) :]  # " body", "\nbody" or "\n- item..."
+        if alt_head[0] == "[" and rest[0] == " ":
+            rest = "\n" + rest[1:]
+        by_key[key] = alt_head + rest
+    return blank.join(front + [by_key[k] for k in alt_order if k in by_key])

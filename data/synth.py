@@ -20,6 +20,12 @@ Each stay's outcome is drawn from that model and then realised as an admission t
 readmitted stay is followed by another admission 1-30 days after discharge, any other stay
 by either nothing or an admission more than 30 days later. The feature pipeline derives the
 label from admission times alone, exactly as it does for real data.
+
+Shifts (`SHIFTS`) make realistic scenario data for drift monitoring: a different population
+(`older_hf`, through the same age and condition model, so labs, codes, notes and risk follow)
+or a change in how the same patients are recorded (`creatinine_umol`, `note_template`,
+`missing_lab_feed`: these draw the same random numbers as the unshifted generator, so only
+the recording differs from the unshifted data of the same seed).
 """
 
 from __future__ import annotations
@@ -27,11 +33,13 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from data.notes import PRIMARY_PROBLEMS, NoteFacts, render_discharge_summary
 from data.raw import to_raw_table, write_part, write_raw_manifest
@@ -149,6 +157,71 @@ W_SYMPTOM_PRESENT = {"chest_pain": 0.8, "shortness_of_breath": 0.8}
 W_OTHER_SYMPTOM = 0.4  # per other symptom present at discharge, at most 2
 W_FOLLOWUP = -0.4
 
+# --- Shifted scenarios -------------------------------------------------------------------------
+# Names are an interface: the drift monitor's benchmark and tests iterate them.
+SHIFTS: dict[str, str] = {
+    "older_hf": "Older population (age +9 years) with more heart failure (CHF prevalence at 65: 14% -> 20%).",
+    "creatinine_umol": "The lab reports creatinine in umol/L (values x88.4, unit umol/L) instead of mg/dL.",
+    "note_template": "New discharge-note template: other headers and order, abbreviations (SOB, c/o, h/o).",
+    "missing_lab_feed": "The albumin and BNP feed stops: no rows for either, so their features are unknown.",
+}
+# Per shift, the feature columns (names in the feature manifest) a drift monitor should flag.
+SHIFT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "older_hf": (
+        "age", "cci_congestive_heart_failure", "charlson_index", "bnp_last", "bnp_mean", "note_chf",
+    ),
+    "creatinine_umol": ("creatinine_last", "creatinine_min", "creatinine_max", "creatinine_mean"),
+    # Note descriptors (length, negation-cue rate) are the main signal here and are defined by
+    # the monitor; these are the concept columns that move by themselves (measured on 2,000
+    # patients: the extractor misses "HF", "neg for", "w/o", "w/" and "f/u").
+    "note_template": ("note_chf", "note_followup_arranged", "note_lives_alone"),
+    "missing_lab_feed": (
+        "albumin_last", "albumin_min", "albumin_max", "albumin_mean", "albumin_count",
+        "bnp_last", "bnp_min", "bnp_max", "bnp_mean", "bnp_count",
+    ),
+}  # fmt: skip
+OLDER_HF_AGE_SHIFT = 9.0  # years added to the mean age at first admission
+OLDER_HF_CHF_PREVALENCE = 0.20  # CHF prevalence at age 65 (CONDITIONS has 0.14)
+CREATININE_UMOL_PER_MG_DL = 88.4
+MISSING_LAB_FEED = ("albumin", "bnp")
+
+
+@dataclass(frozen=True)
+class _Scenario:
+    """What the selected shifts change; the default instance is the unshifted generator."""
+
+    age_mean: float = 64.0
+    prevalence: tuple[tuple[str, float], ...] = ()  # condition -> prevalence at 65
+    creatinine_umol: bool = False
+    dropped_labs: tuple[str, ...] = ()
+    note_template: str = "standard"
+
+    @classmethod
+    def of(cls, shifts: tuple[str, ...]) -> _Scenario:
+        older = "older_hf" in shifts
+        return cls(
+            age_mean=64.0 + (OLDER_HF_AGE_SHIFT if older else 0.0),
+            prevalence=(("chf", OLDER_HF_CHF_PREVALENCE),) if older else (),
+            creatinine_umol="creatinine_umol" in shifts,
+            dropped_labs=MISSING_LAB_FEED if "missing_lab_feed" in shifts else (),
+            note_template="abbreviated" if "note_template" in shifts else "standard",
+        )
+
+
+def parse_shifts(shift: str | Iterable[str] | None) -> tuple[str, ...]:
+    """Shift names in `SHIFTS` order, without repeats; a string may hold several, comma-separated.
+
+    Raises ValueError naming the valid shifts, so a typo never silently makes unshifted data.
+    """
+    if shift is None:
+        return ()
+    given = [shift] if isinstance(shift, str) else list(shift)
+    names = {part.strip() for item in given for part in str(item).split(",") if part.strip()}
+    unknown = sorted(names - set(SHIFTS))
+    if unknown:
+        raise ValueError(f"unknown shift {', '.join(unknown)}; valid shifts: {', '.join(SHIFTS)}")
+    return tuple(name for name in SHIFTS if name in names)
+
 
 @dataclass
 class _Patients:
@@ -175,12 +248,14 @@ def _pick(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
     return np.minimum((u > cum).sum(axis=1), probs.shape[1] - 1)
 
 
-def _make_patients(rng: np.random.Generator, first: int, n: int) -> _Patients:
-    age0 = np.clip(rng.normal(64, 16, n), 18, 99)
+def _make_patients(rng: np.random.Generator, first: int, n: int, scenario: _Scenario) -> _Patients:
+    age0 = np.clip(rng.normal(scenario.age_mean, 16, n), 18, 99)
     decades = (age0 - 65) / 10
     frailty = rng.normal(0, 1, n) + 0.3 * np.maximum(decades, 0)
     conditions = np.zeros((n, len(CONDITIONS)), dtype=bool)
-    for j, (prev, per_decade) in enumerate(CONDITIONS.values()):
+    prevalence = dict(scenario.prevalence)
+    for j, (name, (prev, per_decade)) in enumerate(CONDITIONS.items()):
+        prev = prevalence.get(name, prev)
         logit = math.log(prev / (1 - prev)) + math.log(per_decade) * decades + 0.3 * frailty
         conditions[:, j] = rng.random(n) < _sigmoid(logit)
     medicare = (age0 >= 65) | (rng.random(n) < 0.05)
@@ -343,11 +418,18 @@ def _to_timestamp(days: np.ndarray) -> np.ndarray:
     return STUDY_START + (np.asarray(days) * DAY).astype("timedelta64[s]")
 
 
-def generate_block(seed: int, block: int, n_patients: int, with_latents: bool = False) -> dict[str, pa.Table]:
-    """All tables for one block of patients; depends only on (seed, block, n_patients)."""
+def generate_block(
+    seed: int,
+    block: int,
+    n_patients: int,
+    with_latents: bool = False,
+    shift: str | Iterable[str] | None = None,
+) -> dict[str, pa.Table]:
+    """All tables for one block of patients; depends only on (seed, block, n_patients, shift)."""
+    scenario = _Scenario.of(parse_shifts(shift))
     rng = np.random.default_rng([seed, block])
     first = block * BLOCK_PATIENTS
-    pts = _make_patients(rng, first, n_patients)
+    pts = _make_patients(rng, first, n_patients, scenario)
     n = n_patients
 
     stays: dict[str, list[np.ndarray]] = {k: [] for k in (
@@ -480,8 +562,9 @@ def generate_block(seed: int, block: int, n_patients: int, with_latents: bool = 
         "diagnoses": _diagnoses_table(rng, stay_ids, pts.conditions[patient_of], s["problem"]),
         "labs": _measure_table(rng, stay_ids, s, labs_all, LAB_MEASURED_P, LAB_SPREAD, 3, "labs"),
         "vitals": _measure_table(rng, stay_ids, s, vitals_all, {}, VITAL_SPREAD, 4, "vitals"),
-        "notes": _notes_table(rng, stay_ids, pts, s, symptom_names),
+        "notes": _notes_table(rng, stay_ids, pts, s, symptom_names, scenario.note_template),
     }
+    tables["labs"] = _report_labs(tables["labs"], scenario)
     if with_latents:
         tables["latents"] = pa.table({
             "admission_id": stay_ids,
@@ -493,6 +576,27 @@ def generate_block(seed: int, block: int, n_patients: int, with_latents: bool = 
             **{f"has_{c}": pts.conditions[patient_of][:, COND[c]] for c in CONDITIONS},
         })  # fmt: skip
     return tables
+
+
+def _report_labs(labs: pa.Table, scenario: _Scenario) -> pa.Table:
+    """Recording shifts on the finished labs table: the patients' latent values (and so their
+    risk) are those of the unshifted data; only what the lab system reports changes."""
+    if scenario.dropped_labs:
+        labs = labs.filter(pc.invert(pc.is_in(labs["item"], value_set=pa.array(scenario.dropped_labs))))
+    if scenario.creatinine_umol:
+        creat = pc.equal(labs["item"], "creatinine")
+        umol = pc.round(pc.multiply(labs["value"], CREATININE_UMOL_PER_MG_DL), 1)
+        labs = labs.set_column(
+            labs.schema.get_field_index("value"),
+            labs.schema.field("value"),
+            pc.if_else(creat, umol, labs["value"]),
+        )
+        labs = labs.set_column(
+            labs.schema.get_field_index("unit"),
+            labs.schema.field("unit"),
+            pc.if_else(creat, pa.scalar("umol/L"), labs["unit"]),
+        )
+    return labs
 
 
 def _patients_table(pts: _Patients) -> pa.Table:
@@ -568,6 +672,7 @@ def _notes_table(
     pts: _Patients,
     s: dict[str, np.ndarray],
     symptom_names: list[str],
+    template: str = "standard",
 ) -> pa.Table:
     """One discharge summary per stay (5% missing, none for deaths), some nursing notes."""
     names = list(CONDITIONS)
@@ -608,7 +713,7 @@ def _notes_table(
             medications=meds,
             followup_arranged=bool(s["followup"][i]),
         )
-        texts.append(render_discharge_summary(rng, facts))
+        texts.append(render_discharge_summary(rng, facts, template))
         ids.append(stay_ids[i])
         times.append(s["discharge"][i])
         cats.append(DISCHARGE_SUMMARY)
@@ -625,8 +730,10 @@ def _notes_table(
     }), "notes")  # fmt: skip
 
 
-def _write_block(seed: int, block: int, n_patients: int, staging: Location) -> dict[str, int]:
-    tables = generate_block(seed, block, n_patients)
+def _write_block(
+    seed: int, block: int, n_patients: int, staging: Location, shift: tuple[str, ...] = ()
+) -> dict[str, int]:
+    tables = generate_block(seed, block, n_patients, shift=shift)
     for name, table in tables.items():
         write_part(staging, name, table, block)
     return {name: t.num_rows for name, t in tables.items()}
@@ -638,13 +745,20 @@ def block_sizes(n_patients: int) -> list[int]:
 
 
 def generate(
-    n_patients: int, seed: int, out: str, overwrite: bool = False, max_in_flight: int | None = None
+    n_patients: int,
+    seed: int,
+    out: str,
+    overwrite: bool = False,
+    max_in_flight: int | None = None,
+    shift: str | Iterable[str] | None = None,
 ) -> dict[str, Any]:
-    """Generate `n_patients` patients as a raw EHR folder at `out` (local or s3://)."""
+    """Generate `n_patients` patients as a raw EHR folder at `out` (local or s3://), optionally
+    shifted (`SHIFTS`); the manifest's source records the shifts, so a monitor knows the truth."""
     import ray
 
     if n_patients < 1:
         raise ValueError(f"--patients must be at least 1, got {n_patients}")
+    shifts = parse_shifts(shift)
     sizes = block_sizes(n_patients)
     remote_block = ray.remote(num_cpus=1)(_write_block)
     limit = max_in_flight or max(2, int(ray.cluster_resources().get("CPU", 2)) * 2)
@@ -657,7 +771,7 @@ def generate(
             if len(pending) >= limit:
                 done, pending = ray.wait(pending, num_returns=1)
                 _add(totals, ray.get(done[0]))
-            pending.append(remote_block.remote(seed, block, size, staging))
+            pending.append(remote_block.remote(seed, block, size, staging, shifts))
         for counts in ray.get(pending):
             _add(totals, counts)
         source = {
@@ -666,9 +780,16 @@ def generate(
             "patients": n_patients,
             "generator_version": GENERATOR_VERSION,
             "block_patients": BLOCK_PATIENTS,
+            "shift": list(shifts),
         }
         manifest = write_raw_manifest(staging, source, totals)
-    log.info("generated %s in %.1fs: %s", target.uri, time.perf_counter() - started, totals)
+    log.info(
+        "generated %s%s in %.1fs: %s",
+        target.uri,
+        f" (shift: {', '.join(shifts)})" if shifts else "",
+        time.perf_counter() - started,
+        totals,
+    )
     return manifest
 
 

@@ -98,6 +98,7 @@ class _TableCheck:
         self.files = table_files(folder, name)
         self.fs = folder.fs
         self.counts: Counter[tuple[str | None, str, str]] = Counter()
+        self.other_units: Counter[tuple[str, str]] = Counter()  # (item, unit) -> rows
         self.columns: list[str] = []
 
     def problem(self, column: str | None, kind: str, rows: int, detail: str) -> None:
@@ -142,6 +143,12 @@ class _TableCheck:
                 self.problem(None, "empty table", 0, "no rows")
         for (column, kind, detail), n in sorted(self.counts.items(), key=str):
             self.problem(column, kind, n, detail)
+        for (item, unit), n in sorted(self.other_units.items()):
+            expected = ITEM_RANGES[self.name][item].unit
+            self.report.warnings.append(
+                f"{self.name}: {n} {item} rows in {unit}, not {expected}: not range-checked, "
+                "and the features use the values as given"
+            )
 
     def _count(self, column: str | None, kind: str, n: int, detail: str) -> None:
         if n:
@@ -177,10 +184,20 @@ class _TableCheck:
             self._check_ranges(batch)
 
     def _check_ranges(self, batch: pa.RecordBatch) -> None:
+        """Ranges hold in the schema's unit; a row whose `unit` names another unit (a lab that
+        switched creatinine to umol/L) is a warning, not an error: the values may well be right,
+        and refusing the whole extract would stop every downstream stage."""
         items = batch.column("item")
         values = batch.column("value").cast(pa.float64())
+        units = batch.column("unit").cast(pa.string()) if "unit" in batch.schema.names else None
         for item, r in ITEM_RANGES[self.name].items():
             mask = pc.equal(items, item)
+            if units is not None:
+                other = pc.fill_null(pc.and_(mask, pc.not_equal(units, r.unit)), False)
+                if pc.any(other).as_py():
+                    for unit, n in Counter(pc.filter(units, other).to_pylist()).items():
+                        self.other_units[(item, unit)] += n
+                    mask = pc.and_(mask, pc.invert(other))
             out = pc.or_(pc.less(values, r.low), pc.greater(values, r.high))
             bad = pc.sum(pc.and_(mask, out)).as_py() or 0
             self._count("value", "impossible value", bad, f"{item} outside {r.low}-{r.high} {r.unit}")
