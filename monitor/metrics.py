@@ -221,3 +221,37 @@ def expected_brier(p: np.ndarray) -> float | None:
     """The Brier score a calibrated model expects: mean p (1 - p)."""
     p = np.asarray(p, dtype=float)
     return float(np.mean(p * (1 - p))) if len(p) else None
+
+
+# --------------------------------------------------------------------------- curves for plots
+
+CURVE_POINTS = 101  # ROC points kept for a plot: enough for a smooth line, small in JSON
+
+
+def curves(p: np.ndarray, y: np.ndarray, bins: int = 10) -> dict | None:
+    """ROC and calibration curve points for the dashboard's plots (scikit-learn), or None
+    without both outcomes. The calibration bins are equal-frequency, as the ECE's, so each
+    point stands for as many patients as the others."""
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import roc_curve
+
+    p, y = np.asarray(p, dtype=float), np.asarray(y, dtype=bool)
+    if not 0 < y.sum() < len(y):
+        return None
+    fpr, tpr, _ = roc_curve(y, p, drop_intermediate=True)
+    if len(fpr) > CURVE_POINTS:  # keep the ends and an even spread between them
+        keep = np.unique(np.linspace(0, len(fpr) - 1, CURVE_POINTS).round().astype(int))
+        fpr, tpr = fpr[keep], tpr[keep]
+    n_bins = max(1, min(bins, len(p) // 10))
+    observed, predicted = calibration_curve(y, p, n_bins=n_bins, strategy="quantile")
+    edges = np.percentile(p, np.linspace(0, 100, n_bins + 1))  # sklearn's bins, for the counts
+    counts = np.bincount(np.searchsorted(edges[1:-1], p), minlength=n_bins)
+    calibration = [
+        {"predicted": float(a), "observed": float(b), "n": int(n)}
+        for a, b, n in zip(predicted, observed, counts[counts > 0], strict=True)
+    ]
+    return {
+        "roc": {"fpr": [round(float(v), 4) for v in fpr], "tpr": [round(float(v), 4) for v in tpr]},
+        "calibration": calibration,
+        "calibration_bins": "equal-frequency bins of the predicted risk",
+    }

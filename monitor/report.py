@@ -3,8 +3,8 @@
 Sections: traffic (weights against the observed split, with the sample-ratio check), feedback
 coverage overall and by prediction age, metrics with 95% intervals on matured labelled patients
 (each arm's served predictions; and both models on the same patients when shadow scores exist),
-the same by sex and age band, and estimates made before outcomes arrive (CBPE AUROC and the
-expected Brier score) set against the realized figures.
+ROC and calibration curve points for plots, the same by sex and age band, and estimates made
+before outcomes arrive (CBPE AUROC and the expected Brier score) set against the realized figures.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 
 from monitor.evidence import coverage_by_arm
 from monitor.experiment import Experiment, NoPredictions, load
-from monitor.metrics import expected_auroc, expected_brier, performance
+from monitor.metrics import curves, expected_auroc, expected_brier, performance
 from monitor.service import Routing
 from monitor.stats import srm_test
 from serve.store import PredictionStore
@@ -99,6 +99,7 @@ def _arm_section(experiment: Experiment, arm: str, threshold: float, n_boot: int
     if len(y):
         perf = performance(p, y, threshold, n_boot=n_boot).to_dict()
         section["served"] = perf
+        section["curves"] = curves(p, y)  # ROC and calibration points for plots (None: one class)
         section["by_subgroup"] = _subgroups(patients, "sex", "risk", threshold) + _subgroups(
             patients, "age_band", "risk", threshold
         )
@@ -108,6 +109,7 @@ def _arm_section(experiment: Experiment, arm: str, threshold: float, n_boot: int
         }
     else:
         section["served"] = None
+        section["curves"] = None
         section["note"] = "no matured, labelled predictions yet: only estimates"
         realized = None
     section["before_outcomes"] = _estimates(rows["risk"].to_numpy(float), None)
@@ -126,6 +128,7 @@ def _paired_section(experiment: Experiment, threshold: float, n_boot: int) -> di
     out: dict[str, Any] = {"patients": len(frame), "events": int(y.sum())}
     for arm in ("champion", "challenger"):
         out[arm] = performance(frame[f"p_{arm}"].to_numpy(float), y, threshold, n_boot=n_boot).to_dict()
+        out[f"{arm}_curves"] = curves(frame[f"p_{arm}"].to_numpy(float), y)
         out[f"{arm}_by_subgroup"] = _subgroups(frame, "sex", f"p_{arm}", threshold) + _subgroups(
             frame, "age_band", f"p_{arm}", threshold
         )
