@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import difflib
 import importlib
+import json
 import re
 import shlex
 import sys
@@ -61,6 +62,35 @@ SERVE_HEALTH_PATH = "-/healthz"
 # CLI commands the RayJobs call that are still being written: their check is pending, not failed.
 PENDING_COMMANDS: set[tuple[str, str]] = set()
 RUNTIME_ENV_INSTALLERS = ("pip", "uv", "conda")
+DASHBOARD_JSON = render.DASHBOARD_JSON
+# Ray's own metrics the dashboard may use: the ones Ray 2.60 really exports under Serve traffic
+# (tests/test_serve_metrics.py scrapes a deployed application and checks every one is there).
+RAY_DASHBOARD_METRICS = (
+    "ray_serve_num_http_requests_total",
+    "ray_serve_http_request_latency_ms_bucket",
+    "ray_serve_deployment_replica_healthy",
+    "ray_serve_deployment_processing_latency_ms_bucket",
+    "ray_serve_deployment_request_counter_total",
+    "ray_serve_replica_processing_queries",
+)
+# What the dashboard must show (a metric name each panel group rests on).
+DASHBOARD_MUST_USE = (
+    "ray_mediscale_requests_total",
+    "ray_mediscale_request_latency_seconds_bucket",
+    "ray_mediscale_stage_latency_seconds_bucket",
+    "ray_mediscale_risk_bucket",
+    "ray_mediscale_predictions_total",
+    "ray_mediscale_shadow_band_disagreements_total",
+    "ray_mediscale_shadow_risk_difference_bucket",
+    "ray_mediscale_feedback_total",
+    "ray_mediscale_model_loads_total",
+    "ray_mediscale_drift_share",
+    "ray_mediscale_decision_outcome",
+    "ray_serve_num_http_requests_total",
+    "ray_serve_deployment_replica_healthy",
+)
+PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or"}
+PROMQL_KEYWORDS |= {"unless", "offset", "inf", "nan"}
 
 KIND_API_VERSIONS = {
     "RayService": "ray.io/v1",
@@ -797,6 +827,105 @@ def check_rayjob(manifest: Manifest, ray_version: str) -> list[str]:
     return problems
 
 
+# ---------------------------------------------------------------- Grafana dashboard
+
+
+def dashboard_queries(path: Path = DASHBOARD_JSON) -> list[tuple[str, str]]:
+    """(panel title, PromQL) for every target of every panel, rows' nested panels included."""
+    doc = json.loads(Path(path).read_text())
+    out = []
+
+    def walk(panels: list[dict]) -> None:
+        for panel in panels:
+            out.extend(
+                (panel.get("title", "?"), t["expr"]) for t in panel.get("targets") or [] if t.get("expr")
+            )
+            walk(panel.get("panels") or [])
+
+    walk(doc.get("panels") or [])
+    return out
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads: identifiers left once strings, label matchers,
+    ranges and grouping lists are removed, that are neither a function call nor a keyword."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"\{[^}]*\}", " ", text)
+    text = re.sub(r"\[[^\]]*\]", " ", text)
+    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    names = set()
+    for match in re.finditer(r"(?<![\w.$])[A-Za-z_:][A-Za-z0-9_:]*", text):
+        if text[match.end() :].lstrip().startswith("(") or match.group(0).lower() in PROMQL_KEYWORDS:
+            continue
+        names.add(match.group(0))
+    return names
+
+
+def known_metric_names() -> set[str]:
+    """The application's exported names (serve/metrics.py's registry) and Ray's listed ones."""
+    from serve import metrics
+
+    return metrics.exported_names() | set(RAY_DASHBOARD_METRICS)
+
+
+def check_dashboard(path: Path = DASHBOARD_JSON, known: set[str] | None = None) -> list[str]:
+    """Valid JSON; every query reads only metrics the app or Ray exports; quantiles over `_bucket`
+    series; every panel on the `datasource` variable; the must-show metrics all used."""
+    where = f"{Path(path).name}"
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        return [f"{where}: {err}"]
+    known = known_metric_names() if known is None else known
+    problems = [f"{where}: missing {k}" for k in ("uid", "title", "panels") if not doc.get(k)]
+    used: set[str] = set()
+    queries = dashboard_queries(path)
+    if not queries:
+        problems.append(f"{where}: no PromQL target")
+    for title, expr in queries:
+        names = promql_metric_names(expr)
+        used |= names
+        if not names:
+            problems.append(f"{where} panel {title!r}: no metric in {expr!r}")
+        for name in sorted(names - known):
+            problems.append(f"{where} panel {title!r}: {name} is exported by neither the app nor Ray")
+        if "histogram_quantile" in expr:
+            for name in sorted(n for n in names if not n.endswith("_bucket")):
+                problems.append(f"{where} panel {title!r}: histogram_quantile over {name}, not a _bucket")
+    for variable in (doc.get("templating") or {}).get("list") or []:
+        query = variable.get("query")
+        query = query.get("query", "") if isinstance(query, dict) else str(query or "")
+        inner = re.fullmatch(r"\s*label_values\((.*),\s*\w+\)\s*", query)
+        if variable.get("type") == "query":
+            names = promql_metric_names(inner.group(1)) if inner else set()
+            if not names or names - known:
+                problems.append(f"{where} variable {variable.get('name')}: {query!r} reads no known metric")
+
+    def walk(panels: list[dict]) -> None:
+        for panel in panels:
+            if panel.get("type") != "row" and (panel.get("datasource") or {}).get("uid") != "${datasource}":
+                problems.append(f"{where} panel {panel.get('title')!r}: datasource is not ${{datasource}}")
+            walk(panel.get("panels") or [])
+
+    walk(doc.get("panels") or [])
+    problems += [f"{where}: shows nothing from {name}" for name in DASHBOARD_MUST_USE if name not in used]
+    return problems
+
+
+def check_dashboard_configmap(manifest: Manifest, dashboard: Path = DASHBOARD_JSON) -> list[str]:
+    """The Grafana sidecar's label, and the dashboard JSON embedded byte for byte."""
+    doc, where = manifest.doc, manifest.where
+    problems = []
+    if _get(doc, "metadata", "labels", render.DASHBOARD_LABEL) != "1":
+        problems.append(f'{where}.metadata.labels: {render.DASHBOARD_LABEL}: "1" (a string) is required')
+    data = doc.get("data") or {}
+    if set(data) != {dashboard.name}:
+        problems.append(f"{where}.data: keys {sorted(data)}, want [{dashboard.name!r}]")
+    elif data[dashboard.name] != Path(dashboard).read_text():
+        problems.append(f"{where}.data: differs from {dashboard.name}: run `python kuberay/render.py`")
+    return problems
+
+
 # ---------------------------------------------------------------- ConfigMap, Secret, PodMonitor
 
 
@@ -891,6 +1020,8 @@ def check_manifest(
         problems += check_rayjob(manifest, ray_version)
     elif kind == "RayCluster":
         problems += check_cluster_spec(doc.get("spec"), f"{where}.spec", ray_version)
+    elif kind == "ConfigMap" and _get(doc, "metadata", "labels", render.DASHBOARD_LABEL) is not None:
+        problems += check_dashboard_configmap(manifest)
     elif kind == "ConfigMap":
         problems += check_configmap(manifest)
     elif kind == "Secret":
@@ -1057,6 +1188,12 @@ def run_all(root: Path = REPO_ROOT) -> tuple[list[str], list[str]]:
     diff = render.drift(root / "kuberay" / "rayservice.yaml", root / "serve" / "config.yaml")
     if diff:
         problems.append("kuberay/rayservice.yaml: serveConfigV2 drifted: run `python kuberay/render.py`")
+    dashboard = root / "kuberay" / "grafana" / render.DASHBOARD_JSON.name
+    if render.dashboard_drift(root / "kuberay" / render.DASHBOARD_CONFIGMAP.name, dashboard):
+        problems.append(
+            "kuberay/grafana-dashboard.yaml: drifted from the dashboard JSON: run `python kuberay/render.py`"
+        )
+    problems += check_dashboard(dashboard)
     problems += check_launcher(yaml.safe_load((root / "raycluster.yaml").read_text()), version)
     problems += check_dockerfile((root / "Dockerfile").read_text(), version)
     problems += check_dockerignore((root / ".dockerignore").read_text())

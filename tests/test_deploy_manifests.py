@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import json
 import sys
 import textwrap
 from collections.abc import Callable
@@ -70,6 +71,7 @@ def test_kuberay_folder_has_every_manifest() -> None:
         "rayjob-tune.yaml",
         "rayjob-monitor.yaml",
         "podmonitor.yaml",
+        "grafana-dashboard.yaml",
     }
     assert expected <= names
     assert not (REPO_ROOT / "kuberay" / ".gitkeep").exists()
@@ -197,8 +199,17 @@ def test_gpu_variant_puts_note_scorer_on_the_gpu_group(rayservice: Any, tmp_path
     assert render.main(["--gpu-note-scorer", "--out", str(out)]) == 0
     (doc,) = yaml.safe_load_all(out.read_text())
     config = yaml.safe_load(doc["spec"]["serveConfigV2"])
-    gpus = {d["name"]: d["ray_actor_options"].get("num_gpus", 0) for _, d in checks.serve_deployments(config)}
+    gpus = {
+        d["name"]: d["ray_actor_options"].get("num_gpus", 0)
+        for app, d in checks.serve_deployments(config)
+        if app == "mediscale"  # the risk service; other applications stay on CPUs
+    }
     assert gpus == {"TabularScorer": 0, "NoteScorer": 1, "Combiner": 0, "Router": 0}
+    assert all(
+        d["ray_actor_options"].get("num_gpus", 0) == 0
+        for app, d in checks.serve_deployments(config)
+        if app != "mediscale"
+    )
     assert checks.check_manifest(_with(rayservice, doc), RAY_VERSION) == []  # schema, capacity, images
     cluster = doc["spec"]["rayClusterConfig"]
     assert cluster == rayservice.doc["spec"]["rayClusterConfig"]  # only serveConfigV2 differs
@@ -224,7 +235,8 @@ def test_rayservice_deployments_are_the_serve_config_deployments(rayservice: Any
     names = [d["name"] for _, d in checks.serve_deployments(serve_config)]
     assert len(names) == len(set(names))
     assert [d["name"] for _, d in checks.serve_deployments(carried)] == names
-    assert set(names) == {"TabularScorer", "NoteScorer", "Combiner", "Router"}
+    service = {d["name"] for app, d in checks.serve_deployments(serve_config) if app == "mediscale"}
+    assert service == {"TabularScorer", "NoteScorer", "Combiner", "Router"}
 
 
 def test_config_deployments_exist_in_the_built_app(serve_config: dict) -> None:
@@ -411,6 +423,103 @@ def test_podmonitor_port_missing_on_pods_is_caught(manifests: list[Any]) -> None
         broken.append(_with(m, doc))
     problems = checks.check_podmonitors(broken)
     assert any("port 'metrics' not declared" in p and "RayCluster" in p for p in problems), problems
+
+
+# ------------------------------------------------------------------ Grafana dashboard
+
+DASHBOARD = REPO_ROOT / "kuberay" / "grafana" / "mediscale-dashboard.json"
+
+
+def test_dashboard_configmap_embeds_exactly_the_json_file(manifests: list[Any]) -> None:
+    configmap = _one(manifests, "ConfigMap", "mediscale-grafana-dashboard")
+    assert configmap.doc["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap.doc["data"] == {"mediscale-dashboard.json": DASHBOARD.read_text()}
+    json.loads(configmap.doc["data"]["mediscale-dashboard.json"])  # the sidecar gets valid JSON
+    assert checks.check_dashboard_configmap(configmap) == []
+    assert render.dashboard_drift() == ""
+
+
+def test_dashboard_reads_only_metrics_the_app_or_ray_exports() -> None:
+    """Every metric name in the dashboard's PromQL is serve/metrics.py's (with Ray's `ray_` prefix
+    and Prometheus suffixes) or one of Ray's listed metrics, which tests/test_serve_metrics.py
+    checks against a real scrape."""
+    assert checks.check_dashboard() == []
+    from serve import metrics
+
+    used = {n for _, expr in checks.dashboard_queries() for n in checks.promql_metric_names(expr)}
+    app = {n for n in used if n.startswith("ray_mediscale_")}
+    assert app and app <= metrics.exported_names()
+    assert used - app <= set(checks.RAY_DASHBOARD_METRICS)
+    defined = {d.name for d in metrics.DEFINITIONS}
+    shown = {d.name for d in metrics.DEFINITIONS if set(d.exported()) & used}
+    assert shown == defined  # every application metric has a panel
+
+
+@pytest.mark.parametrize(
+    ("expr", "names"),
+    [
+        (
+            'sum by (variant) (rate(ray_mediscale_requests_total{status=~"5.."}[5m]))',
+            {"ray_mediscale_requests_total"},
+        ),
+        (
+            "histogram_quantile(0.95, sum by (le, stage) "
+            "(rate(ray_mediscale_stage_latency_seconds_bucket[$__rate_interval])))",
+            {"ray_mediscale_stage_latency_seconds_bucket"},
+        ),
+        (
+            "sum(rate(a_sum[1m])) / ignoring (le) group_left sum(rate(a_count[1m])) offset 5m",
+            {"a_sum", "a_count"},
+        ),
+        ('max by (outcome) (m{application=~"$application", x="rate(y)"}) == 1', {"m"}),
+        (
+            "max(ray_mediscale_decision_timestamp_seconds) * 1000 and on (job) up",
+            {"ray_mediscale_decision_timestamp_seconds", "up"},
+        ),
+    ],
+)
+def test_promql_metric_names(expr: str, names: set[str]) -> None:
+    assert checks.promql_metric_names(expr) == names
+
+
+def test_dashboard_check_catches_unknown_metrics_and_bad_quantiles(tmp_path: Path) -> None:
+    doc = json.loads(DASHBOARD.read_text())
+    targets = [t for p in doc["panels"] for t in p.get("targets") or []]
+    targets[0]["expr"] = targets[0]["expr"].replace(
+        "ray_mediscale_requests_total", "mediscale_requests_total"
+    )
+    targets[1]["expr"] = "histogram_quantile(0.9, sum by (le) (rate(ray_mediscale_risk_sum[5m])))"
+    doc["panels"][1]["datasource"] = {"type": "prometheus", "uid": "prom-1"}
+    broken = tmp_path / "dashboard.json"
+    broken.write_text(json.dumps(doc))
+    problems = checks.check_dashboard(broken)
+    assert any("mediscale_requests_total is exported by neither" in p for p in problems), problems
+    assert any("histogram_quantile over ray_mediscale_risk_sum" in p for p in problems), problems
+    assert any("datasource is not ${datasource}" in p for p in problems), problems
+
+
+def test_dashboard_configmap_drift_is_caught_and_render_fixes_it(
+    manifests: list[Any], tmp_path: Path
+) -> None:
+    configmap = _one(manifests, "ConfigMap", "mediscale-grafana-dashboard")
+    stale = copy.deepcopy(configmap.doc)
+    stale["data"]["mediscale-dashboard.json"] = DASHBOARD.read_text().replace("MediScale", "MediScal", 1)
+    assert any("differs from" in p for p in checks.check_dashboard_configmap(_with(configmap, stale)))
+    unlabelled = copy.deepcopy(configmap.doc)
+    unlabelled["metadata"]["labels"]["grafana_dashboard"] = 1
+    assert any(
+        "grafana_dashboard" in p for p in checks.check_dashboard_configmap(_with(configmap, unlabelled))
+    )
+    committed = (REPO_ROOT / "kuberay" / "grafana-dashboard.yaml").read_text()
+    edited = tmp_path / "mediscale-dashboard.json"
+    edited.write_text(DASHBOARD.read_text().replace('"refresh": "30s"', '"refresh": "1m"'))
+    assert render.dashboard_drift(REPO_ROOT / "kuberay" / "grafana-dashboard.yaml", edited) != ""
+    rendered = render.dashboard_configmap(edited.read_text())
+    assert (
+        rendered != committed
+        and yaml.safe_load(rendered)["data"]["mediscale-dashboard.json"] == edited.read_text()
+    )
+    assert render.dashboard_configmap(DASHBOARD.read_text()) == committed  # deterministic
 
 
 # ------------------------------------------------------------------ cluster launcher
