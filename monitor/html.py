@@ -65,13 +65,14 @@ body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif;marg
 background:#f6f7f9}
 main{max-width:1240px;margin:0 auto;padding:16px 28px 48px}
 header{background:#14365d;color:#fff;padding:18px 28px}
-header h1{margin:0 0 4px;font-size:24px}header p{margin:2px 0;color:#d6e2f0;font-size:14px}
+header h1{margin:0 0 4px;font-size:24px}header nav{margin-top:6px;font-size:14px}
+header a{color:#fff}header p{margin:2px 0;color:#d6e2f0;font-size:14px}
 h2{font-size:19px;margin:28px 0 8px;border-bottom:2px solid #14365d;padding-bottom:4px}
 h3{font-size:15px;margin:16px 0 6px}
 section{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:4px 18px 14px;margin-top:16px}
 table{border-collapse:collapse;margin:8px 0;font-size:14px}
 th,td{border-bottom:1px solid #e6e8eb;padding:5px 10px;text-align:left;vertical-align:top}
-td.n{white-space:nowrap}
+td{white-space:nowrap}td:last-child{white-space:normal}
 th{background:#f0f2f5;font-weight:600}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .muted,.help{color:#666;font-size:13px}.help{max-width:320px}
 .cards{display:flex;gap:12px;flex-wrap:wrap;margin-top:16px}
@@ -82,7 +83,7 @@ th{background:#f0f2f5;font-weight:600}td.n,th.n{text-align:right;font-variant-nu
 .good{background:#dff3e4;color:#125c2b}.bad{background:#fbe1de;color:#8f1d12}.wait{background:#fff3cd;color:#6b4e00}
 .warn{background:#fbe1de;border-left:4px solid #b3261e;padding:8px 12px;margin:8px 0}
 .note{background:#eef3f9;border-left:4px solid #14365d;padding:8px 12px;margin:8px 0}
-.plots{display:flex;gap:28px;flex-wrap:wrap}
+.plots{display:flex;gap:28px;flex-wrap:wrap;align-items:flex-start}
 .champion{color:#1f5fa8}.challenger{color:#d0570f}
 """
 
@@ -106,12 +107,15 @@ def _raw(value: float | None, digits: int, percent: bool) -> str:
     return "" if value is None else f"{value:.{digits + 2 if percent else digits}f}"
 
 
-def number(metric: str, path: str, value: float | None, digits: int, percent: bool = False) -> str:
-    """A number with its hooks."""
+def number(
+    metric: str, path: str, value: float | None, digits: int, percent: bool = False, below: float = 0.0
+) -> str:
+    """A number with its hooks; under `below` (a p-value) it reads "< below" rather than 0.000."""
+    shown = f"&lt; {below:g}" if value is not None and value < below else _fmt(value, digits, percent)
     return (
         f'<span data-metric="{_attr(metric)}" data-path="{_attr(path)}" '
         f'data-value="{_raw(value, digits, percent)}" data-digits="{digits + 2 if percent else digits}">'
-        f"{_fmt(value, digits, percent)}</span>"
+        f"{shown}</span>"
     )
 
 
@@ -185,6 +189,10 @@ def _arm_label(report: dict, arm: str) -> str:
 # ------------------------------------------------------------------ sections
 
 
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
+
+
 def _header(report: dict, generated_at: str) -> str:
     window = f", since {when(report['since'])}" if report.get("since") else ""
     experiment = report.get("experiment")
@@ -194,7 +202,11 @@ def _header(report: dict, generated_at: str) -> str:
         + f"<p>Figures as of {when(report.get('as_of'))}{window}; outcomes count "
         f"{escape(str(report.get('maturity_days', 30)))} days after a prediction. Page made "
         f"{when(generated_at)}; weights from {escape(str(report.get('weights_from', 'unknown')))}.</p>"
-        "<p>Aggregates only: no patient, request or note appears on this page.</p></header>"
+        "<p>Aggregates only: no patient, request or note appears on this page.</p>"
+        '<nav><a href="#traffic">Traffic</a> · <a href="#feedback">Feedback</a> · '
+        '<a href="#performance">Performance</a> · <a href="#curves">Curves</a> · '
+        '<a href="#subgroups">Subgroups</a> · <a href="#decision">Decision</a> · '
+        '<a href="#drift">Drift</a></nav></header>'
     )
 
 
@@ -256,9 +268,11 @@ def _traffic(report: dict) -> str:
             )
         )
     out = [
-        "<h2>Traffic per variant</h2>",
-        _table(["Variant", "Configured weight", "Expected share", "Predictions", "Observed share"], rows),
-        svg.bars(bars, "Share of predictions: configured vs observed"),
+        '<h2 id="traffic">Traffic per variant</h2>',
+        '<div class="plots">'
+        + _table(["Variant", "Configured weight", "Expected share", "Predictions", "Observed share"], rows)
+        + svg.bars(bars, "Share of predictions: configured vs observed", width=440)
+        + "</div>",
     ]
     srm = traffic.get("sample_ratio")
     if srm:
@@ -270,8 +284,9 @@ def _traffic(report: dict) -> str:
         out.append(
             "<p>Sample-ratio check: chi-square "
             + number("traffic.srm_chi2", "traffic/sample_ratio/chi2", srm["chi2"], 2)
-            + ", p = "
-            + number("traffic.srm_p", "traffic/sample_ratio/p_value", srm["p_value"], 3)
+            + ", p "
+            + ("" if srm["p_value"] < 0.001 else "= ")
+            + number("traffic.srm_p", "traffic/sample_ratio/p_value", srm["p_value"], 3, below=0.001)
             + f": {verdict}.</p>"
         )
     else:
@@ -298,7 +313,7 @@ def _feedback(report: dict) -> str:
         bars.append(
             (
                 bucket["age"],
-                [("with outcome", bucket["coverage"], "#2a8a4a" if bucket["matured"] else "#b9c3cf")],
+                [("", bucket["coverage"], "#2a8a4a" if bucket["matured"] else "#b9c3cf")],
             )
         )
     arm_rows = [
@@ -311,7 +326,7 @@ def _feedback(report: dict) -> str:
         for arm, c in (feedback.get("by_arm") or {}).items()
     ]
     return (
-        "<section><h2>Feedback coverage (outcomes recorded)</h2>"
+        "<section id='feedback'><h2>Feedback coverage (outcomes recorded)</h2>"
         f"<p>{count('feedback.matured', 'feedback/overall/matured', overall['matured'])} of "
         + count("feedback.predictions", "feedback/overall/predictions", overall["predictions"])
         + " predictions "
@@ -322,8 +337,10 @@ def _feedback(report: dict) -> str:
         + "). "
         f'<span class="muted">{escape(feedback.get("note", ""))}</span></p>'
         "<h3>By age of the prediction</h3>"
+        + '<div class="plots">'
         + _table(["Prediction age", "Predictions", "With outcome", "Coverage"], rows)
-        + svg.bars(bars, "Share of predictions with a recorded outcome, by age")
+        + svg.bars(bars, "Share of predictions with a recorded outcome, by age", width=560)
+        + "</div>"
         + (
             "<h3>By arm (matured predictions)</h3>"
             + _table(["Arm", "Matured", "With outcome", "Coverage"], arm_rows)
@@ -335,7 +352,7 @@ def _feedback(report: dict) -> str:
 
 
 def _performance(report: dict) -> str:
-    out = ["<section><h2>Performance per variant (95% intervals)</h2>"]
+    out = ["<section id='performance'><h2>Performance per variant (95% intervals)</h2>"]
     served = {arm: (report.get(arm) or {}).get("served") for arm in ARMS}
     out.append(
         "<p>Each variant on its own matured, labelled patients (one row per patient). "
@@ -446,11 +463,11 @@ def _plots(report: dict) -> str:
     curves = {_plain_arm(report, a): (report.get(a) or {}).get("curves") for a in ARMS}
     if not any(curves.values()):
         return (
-            "<section><h2>ROC and calibration curves</h2><p>No curves yet: they need matured patients "
-            "with both outcomes in an arm.</p></section>"
+            "<section id='curves'><h2>ROC and calibration curves</h2><p>No curves yet: they need "
+            "matured patients with both outcomes in an arm.</p></section>"
         )
     parts = [
-        "<section><h2>ROC and calibration curves</h2>",
+        "<section id='curves'><h2>ROC and calibration curves</h2>",
         "<p>Each variant on its own labelled patients. Calibration: patients grouped into ten bins of "
         "equal size by predicted risk; a calibrated model's points lie on the diagonal.</p>",
         f'<div class="plots">{svg.roc_plot(curves)}{svg.calibration_plot(curves)}</div>',
@@ -484,7 +501,7 @@ def _subgroups(report: dict) -> str:
         for i, entry in enumerate((report.get(arm) or {}).get("by_subgroup") or []):
             groups.setdefault(entry["group"], {})[arm] = (i, entry)
     if not groups:
-        return "<section><h2>Subgroups</h2><p>No labelled patients yet.</p></section>"
+        return "<section id='subgroups'><h2>Subgroups</h2><p>No labelled patients yet.</p></section>"
     width = 2 + len(SUBGROUP_METRICS)
     top = (
         "<tr><th></th>"
@@ -515,7 +532,7 @@ def _subgroups(report: dict) -> str:
                     row.append('<span class="muted">too few</span>')
         rows.append(row)
     return (
-        "<section><h2>Subgroups (sex, age band)</h2>"
+        "<section id='subgroups'><h2>Subgroups (sex, age band)</h2>"
         "<p>Each arm on its own labelled patients. Figures need at least 20 patients with both outcomes in "
         "the group; smaller groups show counts only. Look for a group where one model is much worse.</p>"
         + _table(head, rows, top=top)
@@ -554,7 +571,7 @@ def _gate_rows(gates: list[dict]) -> list[list[str]]:
 
 
 def _decisions(report: dict, decisions: list[dict]) -> str:
-    out = ["<section><h2>Decision under the pre-registered rule</h2>"]
+    out = ["<section id='decision'><h2>Decision under the pre-registered rule</h2>"]
     if not decisions:
         out.append(
             "<p>No decision yet. Run <code>python -m monitor decide</code> (it stores each decision "
@@ -610,7 +627,7 @@ def _decisions(report: dict, decisions: list[dict]) -> str:
 
 
 def _drift(drift: list[dict], base: str) -> str:
-    out = ["<section><h2>Input drift</h2>"]
+    out = ["<section id='drift'><h2>Input drift</h2>"]
     if not drift:
         out.append(
             "<p><b>No drift check yet.</b> Run <code>python -m monitor drift</code> to compare recent "
@@ -680,7 +697,9 @@ def page(
     if problem or report.get("empty"):
         body.append(
             "<section><h2>No experiment to show yet</h2>"
-            f'<p data-metric="empty" data-value="true">{escape(problem or report.get("message", ""))}</p>'
+            '<p data-metric="empty" data-value="true">'
+            + escape(_sentence(problem or report.get("message", "")))
+            + "</p>"
             "<p>The page fills in once both the champion and the challenger have served "
             "predictions.</p></section>"
         )

@@ -292,9 +292,14 @@ def test_the_page_in_a_browser_shows_the_cli_report(serve_port: int, tmp_path: P
         auroc = expected["champion"]["served"]["auroc"]["value"]
         assert shown["champion.auroc"]["data-value"] == f"{auroc:.3f}"
         assert "No drift check yet" in dom.stdout
+        assert "s7-r" not in dom.stdout and "s7-p" not in dom.stdout  # fill()'s request and patient ids
 
         with httpx.Client(timeout=60, follow_redirects=True) as http:
             assert http.get(f"{base}/drift/999").status_code == 404
+            served = http.get(f"{base}/report.json", params={"as_of": as_of}).json()
+            assert served["paired"]["brier_difference"] == expected["paired"]["brier_difference"]
+            assert http.get(f"{base}/healthz").json() == {"ok": True}
+            assert http.get(base, params={"as_of": "yesterday"}).status_code == 422
             report_file = tmp_path / "drift.html"
             report_file.write_text("<html><body><h1>Evidently data drift</h1></body></html>")
             with PredictionStore(url) as db:
