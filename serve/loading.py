@@ -11,6 +11,7 @@ from collections import OrderedDict, defaultdict
 from pathlib import Path
 from typing import Any, Protocol
 
+from serve import metrics
 from serve.settings import MODELS_KEPT
 
 log = logging.getLogger("ray.serve")
@@ -51,10 +52,12 @@ class RegistryLoader:
 
 
 class _ModelCache:
-    """Versions loaded on demand (once, even under concurrent requests), the newest few kept."""
+    """Versions loaded on demand (once, even under concurrent requests), the newest few kept.
+    Each load (and its time, or its failure) is counted under the model's `name`."""
 
-    def __init__(self, load):
+    def __init__(self, load, name: str = "model"):
         self._load = load
+        self.name = name
         self._models: OrderedDict[str, Any] = OrderedDict()
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -65,8 +68,15 @@ class _ModelCache:
         async with self._locks[version]:
             if version not in self._models:
                 started = time.perf_counter()
-                self._models[version] = await asyncio.to_thread(self._load, version)
-                log.info("loaded version %s in %.1f s", version, time.perf_counter() - started)
+                try:
+                    model = await asyncio.to_thread(self._load, version)
+                except Exception:
+                    metrics.model_load(self.name, version, time.perf_counter() - started, ok=False)
+                    raise
+                seconds = time.perf_counter() - started
+                metrics.model_load(self.name, version, seconds, ok=True)
+                self._models[version] = model
+                log.info("loaded %s version %s in %.1f s", self.name, version, seconds)
                 while len(self._models) > MODELS_KEPT:
                     self._models.popitem(last=False)
         return self._models[version]

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import re
+import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -20,6 +21,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serve import metrics
 from serve.loading import ModelLoader, RegistryLoader
 from serve.records import (
     REQUEST_ID_PATTERN,
@@ -28,6 +30,7 @@ from serve.records import (
     Feedback,
     PatientRecord,
     Prediction,
+    risk_band,
 )
 from serve.scoring import Scored, to_prediction, to_store_row
 from serve.settings import AppArgs, RouterConfig
@@ -40,6 +43,57 @@ api = FastAPI(
     version="0.1.0",
     description="30-day readmission risk from a patient record and an optional discharge note.",
 )
+
+VARIANT_STATE = "mediscale_variant"  # request.state key: the variant a handler served
+_ENDPOINTS = (
+    ("/predict/batch", "predict_batch"),
+    ("/predict", "predict"),
+    ("/feedback", "feedback"),
+    ("/variants", "variants"),
+    ("/healthz", "healthz"),
+)
+
+
+def endpoint_name(path: str) -> str:
+    """A bounded endpoint label from the request path (under any route prefix)."""
+    path = path.rstrip("/")
+    for suffix, name in _ENDPOINTS:
+        if path.endswith(suffix):
+            return name
+    return "other"
+
+
+class RequestMetrics:
+    """Pure ASGI middleware (cheap: no extra task): counts every HTTP request by endpoint, variant
+    and status code and times it, including 422s FastAPI refuses before a handler runs. The
+    variant is what the handler left in `request.state` (Starlette keeps it in scope["state"])."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), 500  # an exception escaping the app is a 500
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            try:
+                variant = (scope.get("state") or {}).get(VARIANT_STATE)
+                endpoint = endpoint_name(scope.get("path", ""))
+            except Exception:  # never let the bookkeeping fail the request
+                variant, endpoint = None, "other"
+            metrics.request_done(endpoint, variant, status, time.perf_counter() - started)
+
+
+api.add_middleware(RequestMetrics)
 
 
 @api.exception_handler(RequestValidationError)
@@ -167,6 +221,23 @@ class Router:
             except Exception as exc:  # keep serving the previous versions, and say why
                 self.problem = f"models not ready: {type(exc).__name__}: {exc}"
                 log.error("variant refresh failed: %s", self.problem)
+        await asyncio.to_thread(self._publish_monitoring)
+
+    def _publish_monitoring(self) -> None:
+        """The newest drift share of each variant and the newest decision, as gauges (read from the
+        store at each refresh; a store hiccup only leaves the previous values)."""
+        from serve.control import latest_decision, latest_event
+
+        try:
+            for name in self.config.variants:
+                event = latest_event(self.store, "drift", name)
+                if event is not None and event.drift_share is not None:
+                    metrics.drift_share(name, event.drift_share)
+            decision = latest_decision(self.store)
+            if decision is not None:
+                metrics.last_decision(decision["id"], decision["outcome"], decision.get("created_at"))
+        except Exception as exc:
+            log.warning("monitoring gauges not refreshed: %s", type(exc).__name__)
 
     async def _refresh_forever(self) -> None:
         while True:
@@ -194,7 +265,9 @@ class Router:
         if size > self.args.max_note_chars:
             raise HTTPException(413, f"{where}: {size} characters; the limit is {self.args.max_note_chars}")
 
-    async def _score(self, records: list[PatientRecord], request_ids: list[str]) -> list[Prediction]:
+    async def _score(
+        self, records: list[PatientRecord], request_ids: list[str], request: Request | None = None
+    ) -> list[Prediction]:
         from serve.store import DuplicateRequest
 
         resolved = self._ready()
@@ -207,9 +280,11 @@ class Router:
         groups: dict[str, list[int]] = defaultdict(list)
         for i, variant in enumerate(variants):
             groups[variant].append(i)
+        if request is not None:
+            setattr(request.state, VARIANT_STATE, variants[0] if len(groups) == 1 else "mixed")
         scored: list[Scored | None] = [None] * len(records)
         calls = {
-            v: self.combiner.score.remote([records[i] for i in rows], resolved[v], self.args.top_factors)
+            v: self.combiner.score.remote([records[i] for i in rows], resolved[v], self.args.top_factors, v)
             for v, rows in groups.items()
         }
         try:
@@ -232,19 +307,25 @@ class Router:
             )
             predictions.append(prediction)
             rows_out.append(to_store_row(prediction, record, result))
+        started = time.perf_counter()
         try:
             await asyncio.to_thread(self.store.log_predictions, rows_out)
         except DuplicateRequest as exc:
             raise HTTPException(409, str(exc)) from None
-        for variant in variants:
-            self.served[variant] += 1
+        finally:
+            for variant in groups:
+                metrics.stage_done(variant, "store", time.perf_counter() - started)
+        for prediction in predictions:
+            self.served[prediction.variant] += 1
+            metrics.prediction(prediction.variant, prediction.risk, prediction.risk_band)
         if self.config.shadow:
-            task = asyncio.create_task(self._shadow(records, request_ids, variants, resolved))
+            served = [p.risk for p in predictions]
+            task = asyncio.create_task(self._shadow(records, request_ids, variants, resolved, served))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         return predictions
 
-    async def _shadow(self, records, request_ids, variants, resolved) -> None:
+    async def _shadow(self, records, request_ids, variants, resolved, served) -> None:
         """Score with another variant and log it; never returned, never awaited by a client.
         One Combiner call per other variant, as for the served scores."""
         try:
@@ -259,12 +340,17 @@ class Router:
                     )
                     groups[other].append(i)
             for other, rows in groups.items():
-                results = await self.combiner.score.remote([records[i] for i in rows], resolved[other], 0)
+                results = await self.combiner.score.remote(
+                    [records[i] for i in rows], resolved[other], 0, other
+                )
                 versions = {k: v for k, v in resolved[other].items() if v is not None}
+                medium, high = self.config.medium_risk, self.config.high_risk
                 for i, result in zip(rows, results, strict=True):
                     await asyncio.to_thread(
                         self.store.log_shadow, request_ids[i], other, versions, result.risk
                     )
+                    same = risk_band(served[i], medium, high) == risk_band(result.risk, medium, high)
+                    metrics.shadow(variants[i], other, served[i], result.risk, same)
         except Exception as exc:  # a shadow failure must never touch the served path
             log.warning("shadow scoring failed: %s", type(exc).__name__)
 
@@ -275,7 +361,7 @@ class Router:
         """One record -> risk, band, variant, model versions, components and top factors."""
         request_id = _request_id(request)
         self._check_note(record)
-        [prediction] = await self._score([record], [request_id])
+        [prediction] = await self._score([record], [request_id], request)
         return prediction
 
     @api.post("/predict/batch", response_model=BatchPrediction)
@@ -285,10 +371,10 @@ class Router:
         for i, record in enumerate(batch.records):
             self._check_note(record, f"records[{i}].clinical_note")
         ids = [f"{base}-{i}" for i in range(len(batch.records))]
-        return BatchPrediction(predictions=await self._score(batch.records, ids))
+        return BatchPrediction(predictions=await self._score(batch.records, ids, request))
 
     @api.post("/feedback")
-    async def feedback(self, feedback: Feedback) -> dict:
+    async def feedback(self, feedback: Feedback, request: Request) -> dict:
         """The observed outcome of a prediction; one per request id (a second one is refused)."""
         from serve.store import DuplicateFeedback, UnknownRequest
 
@@ -302,6 +388,8 @@ class Router:
             raise HTTPException(
                 409, f"request_id {feedback.request_id!r}: feedback already recorded"
             ) from None
+        setattr(request.state, VARIANT_STATE, row.get("variant"))
+        metrics.feedback(row.get("variant"), feedback.outcome)
         return {
             "request_id": feedback.request_id,
             "outcome": feedback.outcome,

@@ -6,12 +6,14 @@ plumbing: what they compute is serve/scoring.py; models come through serve/loadi
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from typing import Any
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serve import metrics
 from serve.loading import ModelLoader, RegistryLoader, _ModelCache
 from serve.records import PatientRecord
 from serve.scoring import Scored, TabularResult, combine, score_tabular
@@ -39,15 +41,19 @@ class TabularScorer:
     ):
         self.loader = loader or RegistryLoader(data_dir)
         self.model_name = model_name
-        self.models = _ModelCache(lambda version: self.loader.tabular(model_name, version))
+        self.models = _ModelCache(lambda version: self.loader.tabular(model_name, version), model_name)
 
     async def warm(self, versions: list[str]) -> None:
         for version in versions:
             await self.models.get(version)
 
-    async def score(self, records: list[PatientRecord], version: str, top_k: int = 5) -> list[TabularResult]:
-        predictor = await self.models.get(version)
-        return await asyncio.to_thread(score_tabular, predictor, records, top_k)
+    async def score(
+        self, records: list[PatientRecord], version: str, top_k: int = 5, variant: str | None = None
+    ) -> list[TabularResult]:
+        """`variant` only tags the `tabular` stage timing (model fetch and scoring)."""
+        with metrics.stage(variant, "tabular"):
+            predictor = await self.models.get(version)
+            return await asyncio.to_thread(score_tabular, predictor, records, top_k)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, user_config=NoteBatchConfig().model_dump())
@@ -65,7 +71,7 @@ class NoteScorer:
         # threads need here, once, before two loads can race.
         _ = transformers.AutoModelForSequenceClassification, transformers.AutoTokenizer
         self.loader = loader or RegistryLoader(data_dir)
-        self.models = _ModelCache(lambda version: self.loader.note(model_name, version))
+        self.models = _ModelCache(lambda version: self.loader.note(model_name, version), model_name)
 
     def reconfigure(self, config: dict) -> None:
         settings = NoteBatchConfig.model_validate(config or {})
@@ -81,18 +87,22 @@ class NoteScorer:
         return (await self.models.get(version)).extra.get("combiner")
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
-    async def score(self, items: list[tuple[str, str]]) -> list[float]:
-        """(version, note text) -> calibrated note risk, one forward pass per version in the batch."""
+    async def score(self, items: list[tuple]) -> list[float]:
+        """(version, note text[, variant]) -> calibrated note risk, one forward pass per version in
+        the batch. Each item's variant gets the pass's time as its `note` stage."""
         out = [0.0] * len(items)
         by_version: dict[str, list[int]] = defaultdict(list)
-        for i, (version, _) in enumerate(items):
-            by_version[version].append(i)
+        for i, item in enumerate(items):
+            by_version[item[0]].append(i)
         for version, rows in by_version.items():
+            started = time.perf_counter()
             predictor = await self.models.get(version)
             texts = [items[i][1] for i in rows]
             risks = await asyncio.to_thread(predictor.risk, texts, len(texts))
+            seconds = time.perf_counter() - started
             for i, r in zip(rows, risks, strict=True):
                 out[i] = float(r)
+                metrics.stage_done(items[i][2] if len(items[i]) > 2 else None, "note", seconds)
         return out
 
 
@@ -114,15 +124,24 @@ class Combiner:
         return self.weights[note_version]
 
     async def score(
-        self, records: list[PatientRecord], versions: dict[str, str | None], top_k: int = 5
+        self,
+        records: list[PatientRecord],
+        versions: dict[str, str | None],
+        top_k: int = 5,
+        variant: str | None = None,
     ) -> list[Scored]:
-        tabular = self.tabular.score.remote(records, versions["tabular"], top_k)
+        """`variant` only tags the stage timings (tabular, note, combine)."""
+        tabular = self.tabular.score.remote(records, versions["tabular"], top_k, variant)
         texts = [r.note_text() for r in records]
         note_version = versions.get("note")
-        note_calls = [self.note.score.remote((note_version, t)) for t in texts if t] if note_version else []
+        note_calls = (
+            [self.note.score.remote((note_version, t, variant)) for t in texts if t] if note_version else []
+        )
         combiner = await self._weights(note_version) if note_calls else None
         note_risks = iter(await asyncio.gather(*note_calls))
-        return [
-            combine(result, next(note_risks) if text and note_calls else None, combiner)
-            for result, text in zip(await tabular, texts, strict=True)
-        ]
+        results = await tabular
+        with metrics.stage(variant, "combine"):
+            return [
+                combine(result, next(note_risks) if text and note_calls else None, combiner)
+                for result, text in zip(results, texts, strict=True)
+            ]
