@@ -388,7 +388,14 @@ def _performance(report: dict) -> str:
                 f'<span class="help">{escape(help_)}</span>',
             ]
         )
-    out.append(_table(head, rows, numeric_to=3))
+    if any(served.values()):
+        out.append(_table(head, rows, numeric_to=3))
+    else:
+        out.append(
+            '<div class="note">No matured, labelled patients yet: an outcome is known '
+            f"{escape(str(report.get('maturity_days', 30)))} days after its prediction, and the figures "
+            "appear then. Until then, the estimates below are all there is.</div>"
+        )
     paired = report.get("paired")
     if paired:
         out.append(

@@ -126,6 +126,15 @@ def test_empty_store_is_a_plain_empty_page(store: PredictionStore) -> None:
     assert {h["data-metric"] for h in hooks(page)} == {"empty"}
 
 
+def test_before_any_outcome_is_due_the_page_says_so_and_shows_estimates(store: PredictionStore) -> None:
+    fill(store, 200, seed=2)
+    found = report(store, WEIGHTS, as_of=START + timedelta(days=5), n_boot=0)
+    page = _render(found)
+    assert "No matured, labelled patients yet" in page and "No curves yet" in page
+    assert check_against(page, json.loads(json.dumps(found))) > 10
+    assert {"champion.expected_auroc", "traffic.srm_p"} <= {h["data-metric"] for h in hooks(page)}
+
+
 def test_numbers_on_the_page_are_the_report_rounded_as_displayed(store: PredictionStore) -> None:
     fill(store, 500, seed=3)
     found = report(store, WEIGHTS, as_of=AS_OF, n_boot=20)
