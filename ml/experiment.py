@@ -19,7 +19,7 @@ import pandas as pd
 
 from data.featureset import read_split_pandas
 from ml import metrics, registry
-from ml.tabular import TabularConfig, TabularPredictor, train
+from ml.tabular import REFERENCE_ROWS, TabularConfig, TabularPredictor, reference_frame, train
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ def train_tabular(
         uncal_ece = metrics.expected_calibration_error(y, raw)
         mlflow.log_metric("test_ece_uncalibrated", uncal_ece)
         importance = predictor.contributions(test[names]).drop(columns="bias").abs().mean()
+        log_tabular_reference(predictor, features, manifest, config.seed)
 
         with tempfile.TemporaryDirectory() as tmp:
             plots = metrics.save_plots(
@@ -127,6 +128,39 @@ def train_tabular(
             out["registered"] = {"name": info.name, "version": info.version, "aliases": info.aliases}
     log.info("test AUROC %.3f %s", out["test_auroc"], out["test_auroc_ci"])
     return out
+
+
+def log_tabular_reference(
+    predictor: TabularPredictor, features: str, manifest: dict[str, Any], seed: int = 0
+) -> None:
+    """The drift checks' reference, logged with the run: a seeded sample of the train rows (not the
+    missing-group copies), their note descriptors and the model's own risk (ml.tabular)."""
+    import time
+
+    started = time.perf_counter()
+    text = manifest.get("text_column")
+    columns = [*predictor.feature_names, *([text] if text else [])]
+    train_rows = read_split_pandas(features, "train", columns)
+    frame = reference_frame(predictor, train_rows, text, REFERENCE_ROWS, seed)
+    kinds = {
+        **dict.fromkeys(predictor.preprocessor.numeric, "numeric"),
+        **dict.fromkeys(predictor.preprocessor.boolean, "boolean"),
+        **dict.fromkeys(predictor.preprocessor.categories, "categorical"),
+    }
+    registry.log_reference(
+        frame,
+        {
+            "model_kind": "tabular",
+            "features": features,
+            "split": "train",
+            "train_rows": len(train_rows),
+            "seed": seed,
+            "feature_columns": predictor.feature_names,
+            "kinds": kinds,
+            "risk_column": "risk",
+        },
+    )
+    log.info("training reference: %d rows in %.1f s", len(frame), time.perf_counter() - started)
 
 
 def as_json(data: dict[str, Any]) -> str:
@@ -177,6 +211,35 @@ def _tabular_risk(frame: pd.DataFrame) -> tuple[np.ndarray, str] | None:
     except registry.RegistryError:
         return None
     return predictor.predict_proba(frame), f"{TABULAR_MODEL} v{version}"
+
+
+NOTE_REFERENCE_ROWS = 500  # the note model scores each row (a BERT forward pass): kept small
+
+
+def log_note_reference(predictor: Any, train: pd.DataFrame, features: str, seed: int = 0) -> None:
+    """The note model's drift reference: descriptors of a seeded sample of its train notes and its
+    own calibrated risk on them. No note text."""
+    from data.descriptors import descriptor_frame
+
+    sample = (
+        train.sample(n=NOTE_REFERENCE_ROWS, random_state=seed) if len(train) > NOTE_REFERENCE_ROWS else train
+    )
+    texts = pd.DataFrame({"text": sample["text"].astype(str).tolist()})
+    frame = descriptor_frame(texts["text"])
+    frame["risk"] = NotePyfunc.score(predictor, texts)["risk"].to_numpy(dtype="float64")
+    registry.log_reference(
+        frame,
+        {
+            "model_kind": "note",
+            "features": features,
+            "split": "train",
+            "train_rows": len(train),
+            "seed": seed,
+            "feature_columns": [],
+            "kinds": {},
+            "risk_column": "risk",
+        },
+    )
 
 
 def evaluate_text(predictor, splits, n_boot: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -257,6 +320,8 @@ def train_text(
                 combiner = RiskCombiner.fit(tabular[0], note_valid, y_valid, f"{tabular[1]}, valid split")
                 predictor.extra["combiner"] = combiner.to_dict()
                 combined = {"combiner": combiner.to_dict()}
+        if task == "readmission" and features:
+            log_note_reference(predictor, splits.train, features, config.seed)
         scores, arrays = evaluate_text(predictor, splits, n_boot)
         if "combiner" in predictor.extra:
             tab_test = _tabular_risk(splits.test)

@@ -380,3 +380,88 @@ def format_table(infos: list[VersionInfo]) -> str:
         for row in [header, *rows]
     ]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- training references
+
+REFERENCE_DIR = "reference"
+REFERENCE_FILE = "reference.parquet"
+REFERENCE_META = "reference.json"
+FEATURES_TAG = "features"  # the feature folder a version was trained on (version and run tag)
+
+
+def log_reference(frame: Any, meta: dict[str, Any]) -> None:
+    """Log a training reference (parquet + a JSON description) with the active MLflow run."""
+    import tempfile
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / REFERENCE_DIR
+        folder.mkdir()
+        frame.to_parquet(folder / REFERENCE_FILE, index=False)
+        described = {**meta, "rows": len(frame), "columns": [str(c) for c in frame.columns]}
+        (folder / REFERENCE_META).write_text(json.dumps(described, indent=2, default=str))
+        mlflow.log_artifacts(str(folder), REFERENCE_DIR)
+    if meta.get(FEATURES_TAG):
+        mlflow.set_tag(FEATURES_TAG, str(meta[FEATURES_TAG]))
+
+
+def load_reference(name: str, version: str | int) -> Any:
+    """The training reference of a model version (version -> run -> `reference/reference.parquet`).
+
+    Versions registered before references were recorded have none: a tabular version whose
+    feature folder (its `features` tag) is still readable gets one rebuilt from that folder's
+    train split; otherwise a RegistryError names the version. `frame.attrs["source"]` says which.
+    """
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    mv = _version(client, name, version)
+    label = f"{name} v{mv.version}"
+    if mv.run_id:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=mv.run_id, artifact_path=f"{REFERENCE_DIR}/{REFERENCE_FILE}"
+            )
+        except (MlflowException, OSError):
+            path = None
+        if path:
+            frame = pd.read_parquet(path)
+            frame.attrs["source"] = f"run {mv.run_id} artifact {REFERENCE_DIR}/{REFERENCE_FILE}"
+            return frame
+    features = (mv.tags or {}).get(FEATURES_TAG)
+    if not features and mv.run_id:
+        features = client.get_run(mv.run_id).data.tags.get(FEATURES_TAG)
+    if not features:
+        raise RegistryError(
+            f"{label} has no training reference (registered before references were recorded) and no "
+            f"'{FEATURES_TAG}' tag to rebuild one from: retrain it, or check drift against another version"
+        )
+    return _rebuilt_reference(name, mv.version, features, label)
+
+
+def _rebuilt_reference(name: str, version: str, features: str, label: str) -> Any:
+    """A reference for an older tabular version, from the train split of its tagged feature folder."""
+    from data.featureset import FeatureFolderError, read_split_pandas, verify_feature_folder
+
+    try:
+        manifest = verify_feature_folder(features)
+    except (FeatureFolderError, OSError) as err:
+        raise RegistryError(
+            f"{label} has no training reference and its feature folder {features} cannot be read "
+            f"({type(err).__name__}); retrain it to record one"
+        ) from None
+    model = load_version(name, version).unwrap_python_model()
+    predictor = getattr(model, "predictor", None)
+    if not hasattr(predictor, "preprocessor"):
+        raise RegistryError(f"{label} has no training reference and is not a tabular model to rebuild one")
+    from ml.tabular import reference_frame
+
+    text = manifest.get("text_column")
+    columns = [*predictor.feature_names, *([text] if text else [])]
+    frame = reference_frame(predictor, read_split_pandas(features, "train", columns), text)
+    frame.attrs["source"] = f"rebuilt from the train split of {features}"
+    return frame

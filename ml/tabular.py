@@ -474,3 +474,39 @@ def train(features: str, config: TabularConfig | None = None, storage_path: str 
     valid_metrics = {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
     log.info("tabular model: best round %d, %s", best + 1, {k: round(v, 1) for k, v in seconds.items()})
     return TrainResult(predictor, manifest, seconds, best, valid_metrics)
+
+
+# --- the training reference (for drift checks) -------------------------------------------------
+
+REFERENCE_ROWS = 2000  # enough for Evidently's tests; note descriptors cost ~2.5 ms a row
+RISK_COLUMN = "risk"
+
+
+def reference_frame(
+    predictor: TabularPredictor,
+    train: pd.DataFrame,
+    text_column: str | None = None,
+    max_rows: int = REFERENCE_ROWS,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """A seeded sample of the train rows the model saw (never the missing-group copies): its
+    feature columns (booleans as 0/1, categories as text), the note descriptors when the rows
+    have a note column, and the model's own risk. No ids, no label, no note text."""
+    from data.descriptors import descriptor_frame
+
+    sample = train.sample(n=max_rows, random_state=seed) if len(train) > max_rows else train
+    sample = sample.reset_index(drop=True)
+    names = predictor.feature_names
+    columns: dict[str, pd.Series] = {}
+    for name in names:
+        if name in predictor.preprocessor.boolean:
+            columns[name] = pd.to_numeric(sample[name].astype(object), errors="coerce").astype("float64")
+        elif name in predictor.preprocessor.categories:
+            columns[name] = sample[name].astype(object).where(sample[name].notna(), None)
+        else:
+            columns[name] = pd.to_numeric(sample[name], errors="coerce").astype("float64")
+    out = pd.DataFrame(columns, index=sample.index)
+    if text_column and text_column in sample.columns:
+        out = pd.concat([out, descriptor_frame(sample[text_column])], axis=1)
+    out[RISK_COLUMN] = predictor.predict_proba(sample[names]).astype("float64")
+    return out

@@ -1,4 +1,4 @@
-"""`python -m monitor ...`: report, decide (and apply), the decision history and routing overrides.
+"""`python -m monitor ...`: report, decide (and apply), drift, the decision history and routing overrides.
 
 Runs the same from a shell and as a Ray Job (`ray job submit --working-dir . -- python -m monitor
 decide ...`): it needs the prediction store and the MLflow registry, not a Ray cluster.
@@ -157,6 +157,72 @@ def decide_cmd(
     if "apply" in result:
         text.append(f"  applied: {json.dumps(result['apply'], default=str)}")
     _emit(result, json_path, "\n".join(text))
+
+
+@app.command("drift")
+@user_errors
+def drift_cmd(
+    since: str | None = typer.Option(None, help="Only predictions made at or after this time (ISO)."),
+    until: str | None = typer.Option(None, help="Only predictions made up to this time (ISO; default now)."),
+    variant: str = typer.Option("challenger", help="The variant whose traffic is checked."),
+    json_path: Path | None = JSON_OPT,
+    html: Path | None = typer.Option(
+        None,
+        "--html",
+        help="Write Evidently's HTML report here (default: a temporary file, logged to MLflow).",
+    ),
+    min_rows: int = typer.Option(100, "--min-rows", min=1, help="Fewer current predictions: exit 2."),
+    max_drift_share: float | None = typer.Option(
+        None, "--max-drift-share", min=0.0, max=1.0, help="Default: max_drift_share in the rule file."
+    ),
+    missing_threshold: float = typer.Option(
+        0.2,
+        "--missing-threshold",
+        min=0.0,
+        max=1.0,
+        help="A column whose unknown share moves this much drifts.",
+    ),
+    rule: Path | None = typer.Option(None, help="The declared rule (default monitor/rule.yaml)."),
+    tabular_model: str = typer.Option("readmission-tabular", help="Registered name of the tabular model."),
+    note_model: str = typer.Option("readmission-notes", help="Registered name of the note model."),
+    mlflow_log: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log a run to mediscale-monitoring."),
+    record: bool = typer.Option(True, "--record/--no-record", help="Add a drift event to the store."),
+    store_url: str | None = STORE_OPT,
+) -> None:
+    """Feature, predicted-risk and note-descriptor drift of a variant's traffic against its model's
+    training reference (Evidently); recorded for the decision's drift gate."""
+    from data.config import Settings
+    from monitor.decide import read_rule
+    from monitor.drift import check_drift
+
+    share = max_drift_share if max_drift_share is not None else read_rule(rule).max_drift_share
+    if html is None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        html = Settings.from_env().data_dir / "monitoring" / f"drift-{variant}-{stamp}.html"
+    with _store(store_url) as store:
+        result = check_drift(
+            store,
+            variant,
+            since=_time(since, "--since"),
+            until=_time(until, "--until"),
+            min_rows=min_rows,
+            max_drift_share=share,
+            missing_threshold=missing_threshold,
+            html=html,
+            model_names={"tabular": tabular_model, "note": note_model},
+            log_mlflow=mlflow_log,
+            record=record,
+        )
+    body = result.to_dict()
+    where = [f"report: {html}"]
+    where += [f"MLflow run: {result.mlflow_run_id}"] if result.mlflow_run_id else []
+    where += [f"drift event #{result.event_id}"] if result.event_id is not None else []
+    text = f"drift check of {variant} ({_versions(result.model_versions)}):\n" + result.summary()
+    _emit(body, json_path, "\n".join([text, *where, *[f"note: {n}" for n in result.notes]]))
+
+
+def _versions(versions: dict[str, str]) -> str:
+    return ", ".join(f"{k} v{v}" for k, v in sorted(versions.items())) or "no versions"
 
 
 def _user() -> str:

@@ -5,6 +5,10 @@
   decision under a different rule for the same experiment is refused (pre-registration).
 - AUROC looks already taken (their information times) come from the earlier decisions of this
   experiment, so alpha is spent only once per look however often `decide` runs.
+- The drift gate reads the newest `drift` event (`python -m monitor drift`) recorded for the
+  challenger variant while it served the experiment's versions, up to the as-of time. A share
+  over the rule's max_drift_share blocks promotion; no check on record is said in the gate and
+  does not block (drift says "look before promoting", not which model is better).
 """
 
 from __future__ import annotations
@@ -20,11 +24,11 @@ import numpy as np
 import sqlalchemy as sa
 import yaml
 
-from monitor.evidence import DriftCheck, PreviousLook, coverage_by_arm, evidence, is_paired
+from monitor.evidence import DriftCheck, DriftFinding, PreviousLook, coverage_by_arm, evidence, is_paired
 from monitor.experiment import Experiment, MonitorError, load
 from monitor.rule import RuleConfig, evaluate
 from monitor.service import Routing
-from serve.control import decisions, dumps, ensure_tables
+from serve.control import decisions, dumps, ensure_tables, events, versions_key
 from serve.store import PredictionStore
 
 RULE_FILE = Path(__file__).resolve().with_name("rule.yaml")
@@ -149,6 +153,32 @@ def naive_chi_square(experiment: Experiment, threshold: float) -> dict:
     return out
 
 
+def stored_drift(store: PredictionStore, rule: RuleConfig) -> DriftCheck:
+    """The drift gate's input: the newest drift check of the challenger's traffic on record."""
+
+    def check(experiment: Experiment) -> DriftFinding:
+        arm = experiment.challenger
+        for event in events(store, kind="drift", variant=arm.variant, limit=500):
+            if event.drift_share is None or versions_key(event.model_versions) != arm.key:
+                continue
+            if event.created_at > experiment.as_of:  # not known yet at this as-of
+                continue
+            share = float(event.drift_share)
+            verdict = "over" if share > rule.max_drift_share else "within"
+            return DriftFinding(
+                share,
+                f"drift share {share:.2f} {verdict} {rule.max_drift_share:.2f} on the challenger's traffic "
+                f"({arm.key}), checked {event.created_at.isoformat(timespec='seconds')} (event #{event.id})",
+            )
+        return DriftFinding(
+            None,
+            f"no drift check on record for the challenger's traffic ({arm.key}); not blocking "
+            f"(run `python -m monitor drift --variant {arm.variant}`)",
+        )
+
+    return check
+
+
 def decide(
     store: PredictionStore,
     routing: Routing,
@@ -183,7 +213,7 @@ def decide(
         for row in history
         if (row["payload"].get("figures", {}).get("auroc") or {}).get("look")
     ]
-    found = evidence(experiment, rule, routing.weights, looks, drift)
+    found = evidence(experiment, rule, routing.weights, looks, drift or stored_drift(store, rule))
     verdict = evaluate(rule, found)
     auroc = None
     if found.auroc is not None:

@@ -19,8 +19,19 @@ from monitor.experiment import Experiment
 from monitor.rule import AurocLook, Bound, Evidence, Gate, RuleConfig
 from monitor.stats import confidence_sequence, delong, spending_boundaries, srm_test
 
-# A drift check returns the share of drifted feature columns, or None when it has not run.
-DriftCheck = Callable[[Experiment], float | None]
+
+@dataclass(frozen=True)
+class DriftFinding:
+    """The drift check on record for the challenger's traffic: its share (None: no check on
+    record) and how it reads in the gate (when it ran, on which versions)."""
+
+    share: float | None
+    detail: str
+
+
+# A drift check returns the share of drifted feature columns (or a DriftFinding that also says
+# when and on what it ran), or None when it has not run.
+DriftCheck = Callable[[Experiment], "float | DriftFinding | None"]
 
 
 @dataclass(frozen=True)
@@ -165,17 +176,25 @@ def gates(
     )
     out.extend(_calibration(experiment, config))
     out.extend(_subgroups(experiment, config))
-    share = drift(experiment) if drift is not None else None
-    out.append(
-        Gate(
-            "drift",
-            share is None or share <= config.max_drift_share,
+    out.append(_drift_gate(experiment, config, drift))
+    return out
+
+
+def _drift_gate(experiment: Experiment, config: RuleConfig, drift: DriftCheck | None) -> Gate:
+    """Promotion needs the challenger's traffic to look like its training data: the newest drift
+    check's share at most max_drift_share. No check on record does not block (it says so): drift
+    is a reason to look before promoting, not evidence about which model is better."""
+    found = drift(experiment) if drift is not None else None
+    if isinstance(found, DriftFinding):
+        share, detail = found.share, found.detail
+    else:
+        share = found
+        detail = (
             "no drift check has run"
             if share is None
-            else f"drift share {share:.2f} (max {config.max_drift_share})",
+            else f"drift share {share:.2f} (max {config.max_drift_share:.2f})"
         )
-    )
-    return out
+    return Gate("drift", share is None or share <= config.max_drift_share, detail)
 
 
 def coverage_by_arm(experiment: Experiment) -> dict[str, dict]:

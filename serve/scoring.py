@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from data.concepts import Mention, feature_concepts, find_mentions
+from data.descriptors import note_descriptors
 from data.labels import describe
 from data.record import PatientRecord, completeness, feature_rows, missing_inputs, record_features
 from serve.records import Evidence, Factor, Prediction, risk_band
@@ -28,7 +29,7 @@ class TabularResult:
 
     risk: float
     factors: list[Factor]
-    features: dict[str, Any]
+    features: dict[str, Any]  # model inputs plus the note descriptors (`desc_*`), as stored
     missing: list[str]
     completeness: float
 
@@ -126,7 +127,10 @@ def score_tabular(predictor: Any, records: list[PatientRecord], top_k: int = 5) 
             for name in row.abs().sort_values(ascending=False).index[:top_k]:
                 factors.append(factor(name, frame.iloc[i][name], float(row[name]), mentions, text))
         missing = missing_inputs(record)
-        out.append(TabularResult(float(risk[i]), factors, rows[i], missing, completeness(missing)))
+        # Note descriptors (`desc_*`, never model inputs) go to the store with the features, so
+        # drift in how notes are written can be checked without storing note text.
+        stored = {**rows[i], **note_descriptors(record.note_text())}
+        out.append(TabularResult(float(risk[i]), factors, stored, missing, completeness(missing)))
     return out
 
 
