@@ -62,10 +62,6 @@ def parse_time(value: str | None, name: str) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def _value(x: Any) -> Any:
-    return str(x) if isinstance(x, datetime) else x
-
-
 def drift_rows(found: list) -> list[dict]:
     """The newest drift check per variant, reduced to what the page shows. Only named fields
     leave the payload (a check could record anything; the page is aggregates only)."""
@@ -192,6 +188,24 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     """No stack trace (or store contents) to the browser."""
     log.error("dashboard: unhandled %s on %s", type(exc).__name__, request.url.path)
     return JSONResponse(status_code=500, content={"detail": "internal error; see the server log"})
+
+
+class _Index:
+    """`/dashboard` (no slash) is the page itself, not a 307 to `/dashboard/`: a route cannot
+    be "" under Serve's ingress, so the empty path becomes "/" before routing."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            path, root = scope.get("path", ""), scope.get("root_path", "")
+            if path in ("", root):
+                scope = {**scope, "path": path + "/", "raw_path": (path + "/").encode()}
+        await self.app(scope, receive, send)
+
+
+api.add_middleware(_Index)
 
 
 @serve.deployment(max_ongoing_requests=8, ray_actor_options={"num_cpus": 0.1})

@@ -308,6 +308,8 @@ def test_the_page_in_a_browser_shows_the_cli_report(serve_port: int, tmp_path: P
             served = http.get(f"{base}/report.json", params={"as_of": as_of}).json()
             assert served["paired"]["brier_difference"] == expected["paired"]["brier_difference"]
             assert http.get(f"{base}/healthz").json() == {"ok": True}
+            direct = http.get(base, params={"as_of": as_of}, follow_redirects=False)
+            assert direct.status_code == 200 and direct.headers["content-type"].startswith("text/html")
             assert http.get(base, params={"as_of": "yesterday"}).status_code == 422
             report_file = tmp_path / "drift.html"
             report_file.write_text("<html><body><h1>Evidently data drift</h1></body></html>")
