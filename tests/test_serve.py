@@ -449,7 +449,13 @@ def test_serve_config_yaml_builds_this_application() -> None:
 
     config = yaml.safe_load((Path(__file__).resolve().parents[1] / "serve" / "config.yaml").read_text())
     ServeDeploySchema.model_validate(config)
-    [app] = config["applications"]
+    apps = {a["name"]: a for a in config["applications"]}
+    assert set(apps) == {"mediscale", "dashboard"}
+    # The prediction app first: monitor/service.py reads the Router's weights from applications[0].
+    assert config["applications"][0]["name"] == "mediscale"
+    assert apps["dashboard"]["import_path"] == "monitor.page:build_app"
+    assert apps["dashboard"]["route_prefix"] == "/dashboard"
+    app = apps["mediscale"]
     assert app["import_path"] == "serve.app:build_app"
     names = {d["name"] for d in app["deployments"]}
     assert names == {"TabularScorer", "NoteScorer", "Combiner", "Router"}
