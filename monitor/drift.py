@@ -5,14 +5,20 @@ sample of its train rows, their note descriptors and the model's own risk; `ml.r
 load_reference`). Current: the features stored with that variant's predictions in a window
 (only rows served by its newest model versions, so the risk is the same model's).
 
-Per column, Evidently's default test for the column's type and reference size (Evidently 0.7:
-reference <= 1,000 non-missing values: K-S for numbers, chi-square / Z-test for categories and
-for numbers with <= 5 distinct values, each flagged at p < 0.05; larger references: normed
-Wasserstein distance for numbers and Jensen-Shannon distance for categories and few-valued
-numbers, each flagged at >= 0.1). Evidently drops missing values before testing, so missingness
-is checked here, per column: a column whose share of unknown values moved by `missing_threshold`
-or more (absolute; default 0.2), or which has values in the reference and none now (a lab feed
-that stopped: every `<lab>_last/min/max/mean` unknown, `<lab>_count` 0), is drifted too.
+Per column, Evidently's default test for the column's type and reference size, taken from
+Evidently's own stattest registry (the test its DataDriftPreset picks; Evidently 0.7: a reference
+of <= 1,000 known values gets K-S for numbers and chi-square / Z-test for categories and for
+numbers with <= 5 distinct values, drifted at p < 0.05; a larger one gets the normed Wasserstein
+distance for numbers and the Jensen-Shannon distance for categories and few-valued numbers,
+drifted at >= 0.1). The HTML report is Evidently's Report (DriftedColumnsCount over the tested
+feature columns, ValueDrift for each drifted one, the risk and the descriptors); the tests are run
+directly because the preset also draws a plot per column, ~0.15 s each, on every run.
+
+Evidently drops unknown values before testing, so missingness is checked here, per column: a
+column whose share of unknown values moved by `missing_threshold` or more (absolute; default
+0.2), or which has values in the reference and none now (a lab feed that stopped: every
+`<lab>_last/min/max/mean` unknown; its `<lab>_count`, 0 everywhere, fails its value test), is
+drifted too.
 
 `drift_share` = drifted model-feature columns / feature columns checked: the figure the
 decision's drift gate compares with `max_drift_share` in monitor/rule.yaml. The predicted risk
@@ -356,7 +362,7 @@ def compare(
         missing_threshold=missing_threshold,
     )
     if html:
-        result.html = str(write_report(reference, current, result, html))
+        result.html = str(write_report(reference, current, result, html).resolve())
     return result
 
 
