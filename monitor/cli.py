@@ -278,3 +278,67 @@ def routing_cmd(
         for name, o in overrides.items()
     )
     _emit({"overrides": overrides}, json_path, text or "no routing overrides")
+
+
+@app.command("watch")
+@user_errors
+def watch_cmd(
+    features: str | None = typer.Option(
+        None,
+        help="A feature folder, or a folder of feature folders (the newest manifest wins); "
+        "default <MEDISCALE_DATA_DIR>/features.",
+    ),
+    config: Path | None = typer.Option(None, help="The watch config (default monitor/watch.yaml)."),
+    variant: str | None = typer.Option(
+        None, help="Whose traffic is checked (default the config's: champion)."
+    ),
+    threshold: float | None = typer.Option(None, min=0, max=1, help="Drift share that triggers retraining."),
+    share: float | None = typer.Option(
+        None, min=0.001, max=0.999, help="Traffic share for the new challenger."
+    ),
+    since: str | None = typer.Option(
+        None, help="Check predictions from this time (ISO; default: window_days ago)."
+    ),
+    runner: str = typer.Option("job", help="job: each training as a Ray Job; local: as a subprocess."),
+    ray_address: str | None = typer.Option(None, help="The Ray job API (default RAY_ADDRESS, else local)."),
+    json_path: Path | None = JSON_OPT,
+    store_url: str | None = STORE_OPT,
+    service: str | None = SERVICE_OPT,
+) -> None:
+    """One pass of drift-triggered retraining: check drift; over the threshold, retrain the models on the
+    newest feature folder as Ray Jobs, register them as challenger and give the challenger its configured
+    share of traffic. It never promotes (`monitor decide` does). Every pass is audited (monitor_events)."""
+    from data.config import Settings
+    from monitor.watch import LocalRunner, RayJobRunner, WatchConfig, run_pass
+
+    if runner not in {"job", "local"}:
+        raise typer.BadParameter(f"--runner: {runner!r} is neither job nor local")
+    settings = Settings.from_env()
+    cfg = WatchConfig.load(config)
+    updates = {k: v for k, v in {"variant": variant, "challenger_share": share}.items() if v is not None}
+    if updates:
+        cfg = WatchConfig.model_validate({**cfg.model_dump(), **updates})
+    with _store(store_url) as store:
+        result = run_pass(
+            store,
+            cfg,
+            features or str(settings.data_dir / "features"),
+            service if service is not None else settings.service_url,
+            RayJobRunner(ray_address) if runner == "job" else LocalRunner(),
+            threshold=threshold,
+            since=_time(since, "--since"),
+            created_by=f"monitor watch ({getpass.getuser()})",
+        )
+    _emit(result.as_dict(), json_path, f"watch #{result.event_id}: {result.outcome}. {result.reason}")
+
+
+@app.command("submit-rayjob")
+@user_errors
+def submit_rayjob_cmd(
+    manifest: Path = typer.Argument(..., help="A RayJob manifest (kuberay/rayjob-watch.yaml)."),
+    namespace: str | None = typer.Option(None, help="Default: this pod's namespace."),
+) -> None:
+    """Create a RayJob (with a generated name) from inside a pod: the nightly CronJob's step."""
+    from monitor.k8s import submit
+
+    typer.echo(f"created RayJob {submit(manifest, namespace)}")

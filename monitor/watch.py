@@ -265,6 +265,7 @@ def run_pass(
     drift_check: Callable[..., Any] | None = None,
     threshold: float | None = None,
     now: datetime | None = None,
+    since: datetime | None = None,
     created_by: str = "monitor watch",
 ) -> WatchPass:
     """One watch pass; always ends with an audit row (its id in `event_id`)."""
@@ -281,7 +282,8 @@ def run_pass(
         outcome="no_drift", variant=config.variant, started_at=now.isoformat(), threshold=limit
     )
     try:
-        _run(result, store, config, features, service_url, runner, drift_check, limit, now, created_by)
+        start = since or now - timedelta(days=config.window_days)
+        _run(result, store, config, features, service_url, runner, drift_check, limit, start, now, created_by)
     finally:
         share = result.drift_share
         summary = (
@@ -312,6 +314,7 @@ def _run(
     runner: Runner,
     drift_check: Callable[..., Any] | None,
     limit: float,
+    since: datetime,
     now: datetime,
     created_by: str,
 ) -> None:
@@ -322,7 +325,14 @@ def _run(
     from monitor.experiment import MonitorError
 
     try:
-        drift = drift_check(store, config.variant, since=now - timedelta(days=config.window_days), until=now)
+        drift = drift_check(
+            store,
+            config.variant,
+            since=since,
+            until=now,
+            max_drift_share=limit,
+            html=_report_path(config.variant, now),
+        )
     except MonitorError as err:  # too few recent predictions: nothing to judge yet
         result.outcome, result.reason = "insufficient_data", str(err)
         return
@@ -386,6 +396,15 @@ def _run(
         f"retrained {', '.join(f'{c} v{v}' for c, v in result.new_versions.items())}; "
         f"challenger gets {config.challenger_share:.0%} of traffic (never promoted here)"
     )
+
+
+def _report_path(variant: str, now: datetime) -> Path:
+    """Where a pass writes its Evidently report (the dashboard links it through the drift event)."""
+    from data.config import Settings
+
+    folder = Settings.from_env().data_dir / "monitor"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"drift-{variant}-{now:%Y%m%dT%H%M%SZ}.html"
 
 
 def command_argv(command: str, features: str) -> list[str]:
