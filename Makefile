@@ -22,7 +22,7 @@ NOTE_ARGS := --task readmission --features $(DATA_DIR)/features --register --sam
 CURL_EXAMPLE := curl -s localhost:8000/predict -H 'content-type: application/json' \
 	-d '{"age": 67, "blood_pressure": 140, "prior_admissions_365d": 2, "clinical_note": "Reports chest pain at discharge. Lives alone."}'
 
-.PHONY: run models note-models serve venv data test test-fast lint format bench-data bench-tabular bench-behaviour bench-choices bench-decisions monitor-report monitor-decide bench-text bench-tune bench-serve tune clean \
+.PHONY: run models note-models serve venv data test test-fast lint format bench-data bench-tabular bench-behaviour bench-choices bench-decisions bench-drift monitor-report monitor-decide monitor-drift monitor-watch bench-text bench-tune bench-serve tune clean \
 	render deploy-check image image-gpu
 REGISTRY ?= registry.example.com
 RAY_VERSION := $(shell sed -n 's/^ARG RAY_VERSION=//p' Dockerfile)
@@ -120,6 +120,19 @@ monitor-report: venv
 
 monitor-decide: venv
 	$(BIN)/python -m monitor decide
+
+# Drift of the champion's traffic against its training reference (Evidently report + JSON).
+monitor-drift: venv
+	$(BIN)/python -m monitor drift --json $(DATA_DIR)/monitoring/drift.json --html $(DATA_DIR)/monitoring/drift.html
+
+# One pass of drift-triggered retraining (never promotes); RUNNER=job submits Ray Jobs to RAY_ADDRESS.
+RUNNER ?= local
+monitor-watch: venv
+	$(BIN)/python -m monitor watch --runner $(RUNNER)
+
+# Drift detection rate against sample size per synthetic shift, and the false-alarm rate (run it alone).
+bench-drift: venv
+	$(BIN)/python bench/drift.py --json bench/results/drift.json
 
 bench-choices: venv data
 	$(BIN)/python bench/tabular_choices.py --features $(DATA_DIR)/features --json bench/results/tabular_choices.json
