@@ -59,7 +59,13 @@ class RuleConfig(BaseModel):
     calibration_slope: tuple[float, float] = (0.8, 1.25)
     observed_expected: tuple[float, float] = (0.8, 1.25)
     subgroup_min_labels: int = Field(100, ge=10, description="Smaller subgroups are reported, not tested.")
-    max_drift_share: float = Field(0.5, ge=0, le=1, description="The drift gate (filled by drift checks).")
+    max_drift_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="The drift gate: the newest drift check of the challenger's traffic "
+        "(`monitor drift`) may show at most this share of drifted feature columns.",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> RuleConfig:
