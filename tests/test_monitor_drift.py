@@ -413,3 +413,25 @@ def test_monitor_drift_end_to_end(registered_models: dict, synthetic_raw: Path, 
     assert decision.outcome != "promote"
     few = _cli("drift", "--store-url", url, "--since", since, "--min-rows", "1000", "--no-mlflow", env=env)
     assert few.returncode == 2 and "--min-rows" in few.stderr and "Traceback" not in few.stderr
+
+
+def test_a_version_without_a_reference_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ml import registry
+
+    monkeypatch.setenv("MEDISCALE_DATA_DIR", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    registry.configure()
+    client = registry._client()
+    client.create_registered_model("readmission-tabular")
+    (tmp_path / "files").mkdir()
+    client.create_model_version("readmission-tabular", source=str(tmp_path / "files"))
+    moved = str(tmp_path / "moved-features")
+    client.create_model_version(
+        "readmission-tabular", source=str(tmp_path / "files"), tags={"features": moved}
+    )
+    with pytest.raises(registry.RegistryError, match="readmission-tabular v1 has no training reference"):
+        registry.load_reference("readmission-tabular", "1")
+    with pytest.raises(registry.RegistryError, match="v2 has no training reference and its feature folder"):
+        registry.load_reference("readmission-tabular", "2")
