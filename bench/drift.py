@@ -41,6 +41,7 @@ Run:
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import tempfile
@@ -97,10 +98,15 @@ def fit_model(frame: pd.DataFrame, seed: int) -> Any:
 
 
 def run(
-    sizes: list[int], repeats: int, seed: int, reference_patients: int, pool_patients: int
+    sizes: list[int],
+    repeats: int,
+    seed: int,
+    reference_patients: int,
+    pool_patients: int,
+    partial: Path | None = None,
 ) -> dict[str, Any]:
     from data.features import TEXT_COLUMN
-    from data.synth import SHIFT_COLUMNS, SHIFTS
+    from data.synth import SHIFTS
     from ml.tabular import reference_frame
     from monitor.decide import read_rule
 
@@ -120,6 +126,19 @@ def run(
     prepared = time.perf_counter() - started
     sizes = [n for n in sizes if n <= min(len(p) for p in pools.values())]
     outcomes: dict[str, dict[int, list[dict[str, Any]]]] = {name: {} for name in pools}
+    config = {
+        "sizes": sizes,
+        "repeats": repeats,
+        "seed": seed,
+        "reference_patients": reference_patients,
+        "reference_rows": len(reference),
+        "pool_patients": pool_patients,
+        "pool_rows": {name: len(pool) for name, pool in pools.items()},
+        "max_drift_share": max_share,
+        "min_rows": MIN_ROWS,
+        "detected_when": "at least half of the shift's SHIFT_COLUMNS flagged",
+    }
+    report: dict[str, Any] = {}
     for n in sizes:
         for name, pool in pools.items():
             rows = []
@@ -135,12 +154,30 @@ def run(
                 )
             outcomes[name][n] = rows
         print(f"n={n} done ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+        report = summarise(outcomes, config, started, prepared, complete=n == sizes[-1])
+        if partial is not None:  # a long run keeps what it has measured
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def summarise(
+    outcomes: dict[str, dict[int, list[dict[str, Any]]]],
+    config: dict[str, Any],
+    started: float,
+    prepared: float,
+    complete: bool,
+) -> dict[str, Any]:
+    from data.synth import SHIFT_COLUMNS, SHIFTS
+
+    max_share = config["max_drift_share"]
+    sizes = sorted(outcomes["unshifted"])
 
     def detected(row: dict[str, Any], columns: tuple[str, ...]) -> bool:
         return len(row["flagged"] & set(columns)) >= math.ceil(len(columns) / 2)
 
-    def rate(values: list[bool]) -> float:
-        return round(float(np.mean(values)), 4) if values else float("nan")
+    def rate(values: list[bool]) -> float | None:
+        return round(float(np.mean(values)), 4) if values else None
 
     shifts = {}
     for name in SHIFTS:
@@ -160,38 +197,29 @@ def run(
                     "mean_drift_share": round(float(np.mean([r["share"] for r in mine])), 4),
                 }
             )
-        hit = [row["n"] for row in table if row["detection_rate"] >= DETECTED]
+        hit = [row["n"] for row in table if (row["detection_rate"] or 0) >= DETECTED]
         shifts[name] = {
             "description": SHIFTS[name],
             "columns": list(columns),
             "detected_at_n": min(hit) if hit else None,
             "rates": table,
         }
+    null = outcomes["unshifted"]
     null_by_n = {
         str(n): {
-            "false_alarm_rate": rate([r["share"] > max_share for r in outcomes["unshifted"][n]]),
-            "mean_drift_share": round(float(np.mean([r["share"] for r in outcomes["unshifted"][n]])), 4),
-            "max_drift_share_seen": round(float(np.max([r["share"] for r in outcomes["unshifted"][n]])), 4),
-            "descriptor_rate": rate([r["descriptor"] for r in outcomes["unshifted"][n]]),
-            "risk_rate": rate([r["risk"] for r in outcomes["unshifted"][n]]),
+            "false_alarm_rate": rate([r["share"] > max_share for r in null[n]]),
+            "mean_drift_share": round(float(np.mean([r["share"] for r in null[n]])), 4),
+            "max_drift_share_seen": round(float(np.max([r["share"] for r in null[n]])), 4),
+            "descriptor_rate": rate([r["descriptor"] for r in null[n]]),
+            "risk_rate": rate([r["risk"] for r in null[n]]),
         }
         for n in sizes
     }
-    counted = [r["share"] > max_share for n in sizes if n >= MIN_ROWS for r in outcomes["unshifted"][n]]
+    counted = [r["share"] > max_share for n in sizes if n >= MIN_ROWS for r in null[n]]
     return {
         "what": "drift detection rate vs current sample size per synthetic shift; gate false alarms",
-        "config": {
-            "sizes": sizes,
-            "repeats": repeats,
-            "seed": seed,
-            "reference_patients": reference_patients,
-            "reference_rows": len(reference),
-            "pool_patients": pool_patients,
-            "pool_rows": {name: len(pool) for name, pool in pools.items()},
-            "max_drift_share": max_share,
-            "min_rows": MIN_ROWS,
-            "detected_when": "at least half of the shift's SHIFT_COLUMNS flagged",
-        },
+        "complete": complete,
+        "config": {**config, "sizes_done": sizes},
         "false_alarm_rate": rate(counted),
         "false_alarm_by_n": null_by_n,
         "shifts": shifts,
@@ -209,7 +237,7 @@ def main() -> None:
     parser.add_argument("--pool-patients", type=int, default=2000, help="Patients per current pool.")
     args = parser.parse_args()
     sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
-    report = run(sizes, args.repeats, args.seed, args.reference_patients, args.pool_patients)
+    report = run(sizes, args.repeats, args.seed, args.reference_patients, args.pool_patients, args.json)
     emit(report, args.json)
 
 
