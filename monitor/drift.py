@@ -320,12 +320,11 @@ def compare(
     """Reference vs current, no store: per-column drift (Evidently's default tests plus the
     missing-share check), the drifted share of feature `columns` (default: every reference
     column but `risk` and `desc_*`), risk drift and descriptor drift (default: `desc_*`)."""
-    shared = [c for c in reference.columns if c in current.columns]
     if columns is None:
-        columns = [c for c in shared if c != risk and not str(c).startswith(DESCRIPTOR_PREFIX)]
+        columns = [c for c in reference.columns if c != risk and not str(c).startswith(DESCRIPTOR_PREFIX)]
     if descriptors is None:
-        descriptors = [c for c in shared if str(c).startswith(DESCRIPTOR_PREFIX)]
-    wanted = [*columns, *descriptors, *([risk] if risk and risk in shared else [])]
+        descriptors = [c for c in reference.columns if str(c).startswith(DESCRIPTOR_PREFIX)]
+    wanted = [*columns, *descriptors, *([risk] if risk and risk in reference.columns else [])]
     skipped: dict[str, str] = {}
     usable = []
     for name in dict.fromkeys(wanted):
