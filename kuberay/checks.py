@@ -100,6 +100,10 @@ KIND_API_VERSIONS = {
     "ConfigMap": "v1",
     "Secret": "v1",
     "PersistentVolumeClaim": "v1",
+    "ServiceAccount": "v1",
+    "Role": "rbac.authorization.k8s.io/v1",
+    "RoleBinding": "rbac.authorization.k8s.io/v1",
+    "CronJob": "batch/v1",
 }
 
 # ray.io/v1 fields (KubeRay ray-operator/apis/ray/v1, v1.4 onwards).
@@ -1020,6 +1024,10 @@ def check_manifest(
         problems += check_rayjob(manifest, ray_version)
     elif kind == "RayCluster":
         problems += check_cluster_spec(doc.get("spec"), f"{where}.spec", ray_version)
+    elif kind == "CronJob":
+        problems += check_cronjob(manifest, ray_version)
+    elif kind == "ConfigMap" and _get(doc, "metadata", "name") == render.WATCH_CONFIGMAP_NAME:
+        problems += check_watch_configmap(manifest, ray_version)
     elif kind == "ConfigMap" and _get(doc, "metadata", "labels", render.DASHBOARD_LABEL) is not None:
         problems += check_dashboard_configmap(manifest)
     elif kind == "ConfigMap":
@@ -1031,9 +1039,90 @@ def check_manifest(
     return problems
 
 
+# ---------------------------------------------------------------- the nightly watch CronJob
+
+
+def check_cronjob(manifest: Manifest, ray_version: str) -> list[str]:
+    """A schedule, one pass at a time, a ServiceAccount, the project image, limits, non-root, and a
+    command the project's CLI parses."""
+    doc, where = manifest.doc, manifest.where
+    spec = doc.get("spec") or {}
+    problems = []
+    if not isinstance(spec.get("schedule"), str) or len(spec["schedule"].split()) != 5:
+        problems.append(f"{where}.spec.schedule: a five-field cron schedule is required")
+    if spec.get("concurrencyPolicy") != "Forbid":
+        problems.append(f"{where}.spec.concurrencyPolicy: Forbid (a pass must not overlap the previous one)")
+    pod = _get(spec, "jobTemplate", "spec", "template", "spec") or {}
+    if not pod.get("serviceAccountName"):
+        problems.append(f"{where}: the pod needs a serviceAccountName (RBAC to create RayJobs)")
+    for i, container in enumerate(pod.get("containers") or []):
+        at = f"{where}.containers[{i}]"
+        problems += check_image(container.get("image"), ray_version, f"{at}.image", gpu=False)
+        if not _get(container, "resources", "limits"):
+            problems.append(f"{at}: resources.limits missing")
+        if _get(container, "securityContext", "allowPrivilegeEscalation") is not False:
+            problems.append(f"{at}: securityContext.allowPrivilegeEscalation must be false")
+        command = container.get("command") or []
+        checked = check_entrypoint(shlex.join(command)) if command else EntrypointCheck("error", "no command")
+        if checked.status != "ok":
+            problems.append(f"{at}.command: {checked.message}")
+    if _get(pod, "securityContext", "runAsNonRoot") is not True:
+        problems.append(f"{where}: the pod must run as non-root")
+    return problems
+
+
+def check_watch_configmap(manifest: Manifest, ray_version: str) -> list[str]:
+    """The RayJob the CronJob submits: kuberay/rayjob-watch.yaml byte for byte, itself a valid RayJob."""
+    doc, where = manifest.doc, manifest.where
+    data = doc.get("data") or {}
+    if set(data) != {render.WATCH_KEY}:
+        return [f"{where}.data: keys {sorted(data)}, want [{render.WATCH_KEY!r}]"]
+    if data[render.WATCH_KEY] != render.WATCH_RAYJOB.read_text():
+        return [f"{where}.data: differs from {render.WATCH_RAYJOB.name}: run `python kuberay/render.py`"]
+    embedded = Manifest(manifest.path, manifest.index, yaml.safe_load(data[render.WATCH_KEY]))
+    return check_rayjob(embedded, ray_version)
+
+
+def check_watch_wiring(manifests: list[Manifest]) -> list[str]:
+    """The CronJob's ServiceAccount may create RayJobs, and the ConfigMap it mounts exists."""
+    by_kind: dict[str, dict[str, Any]] = {}
+    for m in manifests:
+        if isinstance(m.doc, dict):
+            by_kind.setdefault(m.doc.get("kind"), {})[_get(m.doc, "metadata", "name")] = m.doc
+    problems = []
+    for name, cron in (by_kind.get("CronJob") or {}).items():
+        pod = _get(cron, "spec", "jobTemplate", "spec", "template", "spec") or {}
+        account = pod.get("serviceAccountName")
+        if account not in (by_kind.get("ServiceAccount") or {}):
+            problems.append(f"CronJob/{name}: ServiceAccount {account!r} is not defined")
+        bound = [
+            b
+            for b in (by_kind.get("RoleBinding") or {}).values()
+            if {"kind": "ServiceAccount", "name": account}
+            in [{"kind": s.get("kind"), "name": s.get("name")} for s in b.get("subjects") or []]
+        ]
+        roles = [(by_kind.get("Role") or {}).get(_get(b, "roleRef", "name")) or {} for b in bound]
+        if not any(
+            "ray.io" in (rule.get("apiGroups") or [])
+            and "rayjobs" in (rule.get("resources") or [])
+            and "create" in (rule.get("verbs") or [])
+            for role in roles
+            for rule in role.get("rules") or []
+        ):
+            problems.append(
+                f"CronJob/{name}: ServiceAccount {account!r} is not bound to a Role that creates rayjobs"
+            )
+        for volume in pod.get("volumes") or []:
+            ref = _get(volume, "configMap", "name")
+            if ref and ref not in (by_kind.get("ConfigMap") or {}):
+                problems.append(f"CronJob/{name}: mounts ConfigMap {ref!r}, which no manifest defines")
+    return problems
+
+
 def check_manifests(manifests: list[Manifest], ray_version: str) -> list[str]:
     problems = [p for m in manifests for p in check_manifest(m, ray_version)]
     problems += check_podmonitors(manifests)
+    problems += check_watch_wiring(manifests)
     kinds = {m.doc.get("kind") for m in manifests if isinstance(m.doc, dict)}
     problems += [f"kuberay/: no {k} manifest" for k in sorted(set(KIND_API_VERSIONS) - kinds)]
     names = {

@@ -275,9 +275,9 @@ def run_pass(
     now = now or datetime.now(UTC)
     limit = threshold if threshold is not None else config.threshold
     if limit is None:
-        from monitor.rule import RuleConfig
+        from monitor.decide import read_rule
 
-        limit = RuleConfig.load().max_drift_share
+        limit = read_rule().max_drift_share
     result = WatchPass(
         outcome="no_drift", variant=config.variant, started_at=now.isoformat(), threshold=limit
     )

@@ -72,6 +72,9 @@ def test_kuberay_folder_has_every_manifest() -> None:
         "rayjob-monitor.yaml",
         "podmonitor.yaml",
         "grafana-dashboard.yaml",
+        "rayjob-watch.yaml",
+        "cronjob-watch.yaml",
+        "cronjob-watch-rayjob.yaml",
     }
     assert expected <= names
     assert not (REPO_ROOT / "kuberay" / ".gitkeep").exists()
@@ -93,7 +96,7 @@ def test_manifests_agree_with_each_other(manifests: list[Any]) -> None:
 
 def test_every_image_is_tagged_with_the_ray_version(manifests: list[Any], launcher: dict) -> None:
     specs = [checks.cluster_spec(m) for m in manifests if checks.cluster_spec(m) is not None]
-    assert len(specs) == 7  # RayService, RayCluster, 5 RayJobs
+    assert len(specs) == 8  # RayService, RayCluster, 6 RayJobs
     assert {spec["rayVersion"] for spec in specs} == {RAY_VERSION}
     images = [image for m in manifests for _, image in checks.iter_images(m.doc)]
     images += [image for _, image in checks.iter_images(launcher)]
@@ -292,6 +295,7 @@ def test_app_deployment_check_catches_a_renamed_deployment(
         "mediscale-tune-xgboost",
         "mediscale-tune-text",
         "mediscale-monitor-decide",
+        "mediscale-monitor-watch",
     ],
 )
 def test_rayjob_entrypoint_parses_with_the_project_cli(manifests: list[Any], name: str) -> None:
@@ -582,3 +586,45 @@ def test_dockerfile_and_dockerignore() -> None:
     assert any("non-root" in p for p in checks.check_dockerfile(as_root, RAY_VERSION))
     leaky = dockerignore.replace("*\n", "", 1)
     assert any(".venv/bin/python would be sent" in p for p in checks.check_dockerignore(leaky))
+
+
+# ------------------------------------------------------------------ the nightly watch CronJob
+
+
+def test_watch_cronjob_submits_the_rendered_rayjob_with_least_privilege(manifests: list[Any]) -> None:
+    assert checks.check_watch_wiring(manifests) == []
+    cron = _one(manifests, "CronJob", "mediscale-monitor-watch")
+    pod = cron.doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    [volume] = pod["volumes"]
+    assert volume["configMap"]["name"] == render.WATCH_CONFIGMAP_NAME
+    role = _one(manifests, "Role", "mediscale-watch").doc
+    assert role["rules"] == [
+        {"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": ["create", "get", "list"]}
+    ]
+    assert render.watch_drift() == ""
+
+
+def test_watch_cronjob_problems_are_caught(manifests: list[Any]) -> None:
+    cron = _one(manifests, "CronJob", "mediscale-monitor-watch")
+    broken = copy.deepcopy(cron.doc)
+    broken["spec"]["concurrencyPolicy"] = "Allow"
+    pod = broken["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    pod["containers"][0]["image"] = "bitnami/kubectl:latest"
+    pod["containers"][0]["command"] = ["python", "-m", "monitor", "submit-rayjobs", "x.yaml"]
+    problems = checks.check_cronjob(checks.Manifest(cron.path, cron.index, broken), RAY_VERSION)
+    assert any("concurrencyPolicy" in p for p in problems)
+    assert any("bitnami/kubectl:latest" in p for p in problems)
+    assert any("submit-rayjobs" in p for p in problems)
+    others = [m for m in manifests if m.doc.get("kind") != "Role"]
+    assert any("not bound to a Role" in p for p in checks.check_watch_wiring(others))
+    stale = [
+        m
+        for m in manifests
+        if m.doc.get("kind") == "ConfigMap" and m.doc["metadata"]["name"] == render.WATCH_CONFIGMAP_NAME
+    ]
+    changed = copy.deepcopy(stale[0].doc)
+    changed["data"]["rayjob.yaml"] += "# edited by hand\n"
+    assert any(
+        "differs from rayjob-watch.yaml" in p
+        for p in checks.check_watch_configmap(checks.Manifest(stale[0].path, 0, changed), RAY_VERSION)
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,166 @@ def test_the_cronjob_submits_the_watch_rayjob_under_a_generated_name() -> None:
     assert "monitor watch" in body["spec"]["entrypoint"]
     with pytest.raises(SubmitError, match="RayJob"):
         rayjob_body("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+
+
+# --------------------------------------------------------------------------- a whole pass
+
+
+def _serve_app(serve_port: int, home: Path, store: Path) -> str:
+    from serving import app_config, deploy
+
+    router = {
+        "variants": {
+            "champion": {"weight": 0.9, "tabular": "champion"},
+            "challenger": {"weight": 0.1, "tabular": "challenger"},
+        },
+        "shadow": False,
+        "alias_refresh_s": 1.0,
+    }
+    args = {
+        "tabular_model": "readmission-tabular",
+        "note_model": "readmission-notes",
+        "data_dir": str(home),
+        "store_url": f"sqlite:///{store}",
+    }
+    deploy(app_config("watched", "/watched", args, router))
+    return f"http://127.0.0.1:{serve_port}/watched"
+
+
+def _send(url: str, records: list[dict], prefix: str) -> None:
+    import httpx
+
+    with httpx.Client(timeout=120) as http:
+        for start in range(0, len(records), 100):
+            chunk = [
+                {**r, "patient_id": f"{prefix}-{start + i}"}
+                for i, r in enumerate(records[start : start + 100])
+            ]
+            reply = http.post(f"{url}/predict/batch", json={"records": chunk})
+            assert reply.status_code == 200, reply.text[:300]
+
+
+def _watch(env: dict, *args: str) -> dict:
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "monitor", "watch", "--runner", "local", "--json", "-", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+@pytest.mark.slow
+def test_a_lab_and_vitals_outage_retrains_a_challenger_that_gets_its_share_and_is_never_promoted(
+    registered_models: dict,
+    synthetic_raw: Path,
+    synthetic_features: Path,
+    serve_port: int,
+    tmp_path: Path,
+) -> None:
+    """Normal traffic: the pass finds no drift and changes nothing. Then the lab and vitals feeds
+    stop: the pass retrains (a real training run, registered), the new version becomes the
+    challenger with 10% of traffic in the running service, champion stays, and both passes are
+    in the audit table."""
+    import os
+    import shutil
+    from datetime import UTC, datetime
+
+    import httpx
+    import ray
+
+    from data.replay import raw_records
+    from ml import registry
+    from serve import control
+    from serve.store import PredictionStore
+
+    # A registry of our own (a copy): this test moves the challenger alias.
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(registered_models["home"] / "mlflow.db", home / "mlflow.db")
+    store_path = tmp_path / "predictions.db"
+    env = {
+        **os.environ,
+        "MEDISCALE_DATA_DIR": str(home),
+        "MLFLOW_TRACKING_URI": "",
+        "MEDISCALE_STORE_URL": f"sqlite:///{store_path}",
+        "MEDISCALE_SERVICE_URL": "",
+        # Training jobs join this session's cluster instead of starting another.
+        "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+    }
+    config = tmp_path / "watch.yaml"
+    config.write_text(
+        "challenger_share: 0.1\n"
+        "train:\n"
+        "  - component: tabular\n"
+        "    model: readmission-tabular\n"
+        "    command: python -m ml train-tabular --features {features} --register --n-boot 20 "
+        "--max-rounds 60 --learning-rate 0.1\n"
+    )
+    url = _serve_app(serve_port, home, store_path)
+    records = [r["record"] for r in raw_records(str(synthetic_raw), split="test", limit=500)]
+    common = ["--config", str(config), "--features", str(synthetic_features), "--service", url]
+
+    start = datetime.now(UTC)
+    _send(url, records[:250], "steady")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDISCALE_DATA_DIR", str(home))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        before = {
+            "champion": registry.version_for("readmission-tabular", "champion"),
+            "challenger": registry.version_for("readmission-tabular", "challenger"),
+        }
+    steady = _watch(env, *common, "--since", start.isoformat())
+    assert steady["outcome"] == "no_drift", steady
+    assert steady["drift_share"] <= steady["threshold"]
+    assert steady["jobs"] == [] and steady["override_id"] is None
+
+    # The lab and vitals feeds stop: the same patients' records arrive without labs and vitals.
+    outage_start = datetime.now(UTC)
+    outage = [
+        {k: v for k, v in r.items() if k not in {"labs", "vitals", "heart_rate", "blood_pressure"}}
+        for r in records[250:]
+    ]
+    _send(url, outage, "outage")
+    retrained = _watch(env, *common, "--since", outage_start.isoformat())
+    assert retrained["outcome"] == "retrained", retrained
+    assert retrained["drift_share"] > retrained["threshold"]
+    assert any(c.startswith(("creatinine", "heart_rate", "sbp")) for c in retrained["drifted_columns"])
+    [job] = retrained["jobs"]
+    assert job["status"] == "SUCCEEDED" and job["component"] == "tabular"
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDISCALE_DATA_DIR", str(home))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        new = registry.version_for("readmission-tabular", "challenger")
+        assert int(new) > int(before["challenger"])
+        assert retrained["new_versions"] == {"tabular": new}
+        # Never promoted: champion is where it was.
+        assert registry.version_for("readmission-tabular", "champion") == before["champion"]
+
+    # The running service: the challenger serves the new version with 10% of the traffic.
+    assert retrained["challenger_weight"] == pytest.approx(0.1)
+    deadline = time.time() + 60
+    while True:
+        variants = httpx.get(f"{url}/variants", timeout=10).json()["variants"]
+        if (variants["challenger"]["versions"] or {}).get("tabular") == new or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert variants["challenger"]["versions"]["tabular"] == new
+    share = variants["challenger"]["effective_weight"] / sum(v["effective_weight"] for v in variants.values())
+    assert share == pytest.approx(0.1, abs=1e-6)
+    assert variants["challenger"]["override"] is not None
+
+    with PredictionStore(f"sqlite:///{store_path}") as store:
+        passes = control.events(store, kind="watch")
+        assert [e.payload["outcome"] for e in passes] == ["retrained", "no_drift"]
+        assert passes[0].model_versions == {"tabular": new}
+        assert [e.id for e in control.events(store, kind="drift")][:2] == [
+            retrained["drift_event_id"],
+            steady["drift_event_id"],
+        ]
