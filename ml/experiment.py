@@ -142,6 +142,11 @@ def log_tabular_reference(
     columns = [*predictor.feature_names, *([text] if text else [])]
     train_rows = read_split_pandas(features, "train", columns)
     frame = reference_frame(predictor, train_rows, text, REFERENCE_ROWS, seed)
+    # The model's risk on rows it was fitted on is optimistic (spread wider than on new patients),
+    # so the risk drift test also gets a held-out reference: its risk on the validation split.
+    valid = read_split_pandas(features, "valid", predictor.feature_names)
+    valid = valid.sample(n=REFERENCE_ROWS, random_state=seed) if len(valid) > REFERENCE_ROWS else valid
+    holdout = pd.DataFrame({"risk": predictor.predict_proba(valid).astype("float64")})
     kinds = {
         **dict.fromkeys(predictor.preprocessor.numeric, "numeric"),
         **dict.fromkeys(predictor.preprocessor.boolean, "boolean"),
@@ -158,7 +163,9 @@ def log_tabular_reference(
             "feature_columns": predictor.feature_names,
             "kinds": kinds,
             "risk_column": "risk",
+            "risk_holdout": f"{registry.REFERENCE_DIR}/{registry.RISK_HOLDOUT_FILE} (valid split)",
         },
+        holdout,
     )
     log.info("training reference: %d rows in %.1f s", len(frame), time.perf_counter() - started)
 

@@ -387,11 +387,13 @@ def format_table(infos: list[VersionInfo]) -> str:
 REFERENCE_DIR = "reference"
 REFERENCE_FILE = "reference.parquet"
 REFERENCE_META = "reference.json"
+RISK_HOLDOUT_FILE = "risk_holdout.parquet"  # the model's risk on held-out (validation) rows
 FEATURES_TAG = "features"  # the feature folder a version was trained on (version and run tag)
 
 
-def log_reference(frame: Any, meta: dict[str, Any]) -> None:
-    """Log a training reference (parquet + a JSON description) with the active MLflow run."""
+def log_reference(frame: Any, meta: dict[str, Any], risk_holdout: Any = None) -> None:
+    """Log a training reference (parquet + a JSON description, optionally the model's risk on
+    held-out rows) with the active MLflow run."""
     import tempfile
 
     import mlflow
@@ -400,6 +402,8 @@ def log_reference(frame: Any, meta: dict[str, Any]) -> None:
         folder = Path(tmp) / REFERENCE_DIR
         folder.mkdir()
         frame.to_parquet(folder / REFERENCE_FILE, index=False)
+        if risk_holdout is not None:
+            risk_holdout.to_parquet(folder / RISK_HOLDOUT_FILE, index=False)
         described = {**meta, "rows": len(frame), "columns": [str(c) for c in frame.columns]}
         (folder / REFERENCE_META).write_text(json.dumps(described, indent=2, default=str))
         mlflow.log_artifacts(str(folder), REFERENCE_DIR)
@@ -441,6 +445,24 @@ def load_reference(name: str, version: str | int) -> Any:
             f"'{FEATURES_TAG}' tag to rebuild one from: retrain it, or check drift against another version"
         )
     return _rebuilt_reference(name, mv.version, features, label)
+
+
+def load_risk_holdout(name: str, version: str | int) -> Any:
+    """The model's risk on held-out rows recorded at training (a `risk` column), or None."""
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    mv = _version(_client(), name, version)
+    if not mv.run_id:
+        return None
+    try:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=mv.run_id, artifact_path=f"{REFERENCE_DIR}/{RISK_HOLDOUT_FILE}"
+        )
+    except (MlflowException, OSError):
+        return None
+    return pd.read_parquet(path)
 
 
 def _rebuilt_reference(name: str, version: str, features: str, label: str) -> Any:

@@ -458,6 +458,11 @@ def check_drift(
         result.notes.append(
             f"{served.rows_other_versions} predictions served by earlier model versions are not counted"
         )
+    holdout = registry.load_risk_holdout(names["tabular"], tabular)
+    if holdout is not None and RISK in holdout and RISK in current:
+        # The risk on held-out rows is the fair reference (on training rows it is optimistic).
+        result.risk_drift = compare(holdout[[RISK]], current[[RISK]], columns=[], descriptors=[]).risk_drift
+        result.notes.append("risk reference: the model's risk on its validation split (held out)")
     note = served.model_versions.get("note")
     if note is not None:
         result.note_risk_drift = _note_risk(names["note"], note, served.frame, result)
