@@ -129,6 +129,21 @@ def _send(url: str, records: list[dict], prefix: str) -> None:
             assert reply.status_code == 200, reply.text[:300]
 
 
+def _aliases(env: dict) -> dict:
+    """The tabular model's champion and challenger versions in the registry `env` points at (a
+    subprocess: this process's MLflow client stays on the session's registry)."""
+    import subprocess
+
+    code = (
+        "import json; from ml import registry; "
+        "print(json.dumps({a: registry.version_for('readmission-tabular', a) "
+        "for a in ('champion', 'challenger')}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-1000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def _watch(env: dict, *args: str) -> dict:
     import subprocess
 
@@ -164,7 +179,6 @@ def test_a_lab_and_vitals_outage_retrains_a_challenger_that_gets_its_share_and_i
     import ray
 
     from data.replay import raw_records
-    from ml import registry
     from serve import control
     from serve.store import PredictionStore
 
@@ -197,13 +211,7 @@ def test_a_lab_and_vitals_outage_retrains_a_challenger_that_gets_its_share_and_i
 
     start = datetime.now(UTC)
     _send(url, records[:250], "steady")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDISCALE_DATA_DIR", str(home))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        before = {
-            "champion": registry.version_for("readmission-tabular", "champion"),
-            "challenger": registry.version_for("readmission-tabular", "challenger"),
-        }
+    before = _aliases(env)
     steady = _watch(env, *common, "--since", start.isoformat())
     assert steady["outcome"] == "no_drift", steady
     assert steady["drift_share"] <= steady["threshold"]
@@ -223,14 +231,11 @@ def test_a_lab_and_vitals_outage_retrains_a_challenger_that_gets_its_share_and_i
     [job] = retrained["jobs"]
     assert job["status"] == "SUCCEEDED" and job["component"] == "tabular"
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDISCALE_DATA_DIR", str(home))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        new = registry.version_for("readmission-tabular", "challenger")
-        assert int(new) > int(before["challenger"])
-        assert retrained["new_versions"] == {"tabular": new}
-        # Never promoted: champion is where it was.
-        assert registry.version_for("readmission-tabular", "champion") == before["champion"]
+    after = _aliases(env)
+    new = after["challenger"]
+    assert int(new) > int(before["challenger"])
+    assert retrained["new_versions"] == {"tabular": new}
+    assert after["champion"] == before["champion"]  # never promoted
 
     # The running service: the challenger serves the new version with 10% of the traffic.
     assert retrained["challenger_weight"] == pytest.approx(0.1)
