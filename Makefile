@@ -12,6 +12,10 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # The venv first on PATH: the Ray cluster `make run` starts then runs `python` (Ray Job entrypoints
 # such as `ray job submit -- python -m monitor decide`) with this project's interpreter.
 export PATH := $(abspath $(BIN)):$(PATH)
+# Logical CPUs of the local cluster `serve run` starts. The replicas reserve about 1.9 CPUs while
+# mostly idle, so on a 2-core machine a retraining Ray Job (`monitor watch`) would wait forever;
+# 4 lets one run beside the service (it shares the cores).
+RAY_CPUS ?= 4
 MODELS := $(DATA_DIR)/models
 TABULAR_METRICS := $(MODELS)/tabular_metrics.json
 # The opaque note model (`python -m ml train-notes --task readmission ...`) is not part of
@@ -32,12 +36,13 @@ run: models
 	$(BIN)/python -m ml registry list
 	@echo "Serving on http://localhost:8000 (docs: /docs). Try:"
 	@echo "  $(CURL_EXAMPLE)"
-	$(BIN)/serve run serve/config.yaml
+	@echo "Monitoring page: http://localhost:8000/dashboard"
+	RAY_OVERRIDE_RESOURCES='{"CPU": $(RAY_CPUS)}' $(BIN)/serve run serve/config.yaml
 
 models: $(TABULAR_METRICS) $(MODELS)/tabular_challenger.json
 
 serve: venv
-	$(BIN)/serve run serve/config.yaml
+	RAY_OVERRIDE_RESOURCES='{"CPU": $(RAY_CPUS)}' $(BIN)/serve run serve/config.yaml
 
 venv: $(VENV)/.installed
 
@@ -121,9 +126,11 @@ monitor-report: venv
 monitor-decide: venv
 	$(BIN)/python -m monitor decide
 
-# Drift of the champion's traffic against its training reference (Evidently report + JSON).
+# Drift of a variant's traffic against its model's training reference (Evidently report + JSON).
+VARIANT ?= champion
 monitor-drift: venv
-	$(BIN)/python -m monitor drift --json $(DATA_DIR)/monitoring/drift.json --html $(DATA_DIR)/monitoring/drift.html
+	$(BIN)/python -m monitor drift --variant $(VARIANT) --json $(DATA_DIR)/monitoring/drift-$(VARIANT).json \
+		--html $(DATA_DIR)/monitoring/drift-$(VARIANT).html
 
 # One pass of drift-triggered retraining (never promotes); RUNNER=job submits Ray Jobs to RAY_ADDRESS.
 RUNNER ?= local

@@ -72,7 +72,7 @@ h3{font-size:15px;margin:16px 0 6px}
 section{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:4px 18px 14px;margin-top:16px}
 table{border-collapse:collapse;margin:8px 0;font-size:14px}
 th,td{border-bottom:1px solid #e6e8eb;padding:5px 10px;text-align:left;vertical-align:top}
-td{white-space:nowrap}td:last-child{white-space:normal}
+td{white-space:nowrap}td:last-child{white-space:normal}.wrap{white-space:normal;display:inline-block;max-width:36em}
 th{background:#f0f2f5;font-weight:600}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .muted,.help{color:#666;font-size:13px}.help{max-width:320px}
 .cards{display:flex;gap:12px;flex-wrap:wrap;margin-top:16px}
@@ -660,7 +660,10 @@ def _drift(drift: list[dict], base: str) -> str:
             [
                 escape(str(name)) + f' <span class="muted">{_versions(d.get("versions"))}</span>',
                 share,
-                (f"{len(columns)} of {checked}: " if checked else "") + (shown or "none"),
+                '<span class="wrap">'
+                + (f"{len(columns)} of {checked}: " if checked else "")
+                + (shown or "none")
+                + "</span>",
                 risk,
                 "–" if d.get("n_current") is None else f"{d['n_current']:,}",
                 when(d.get("created_at")),

@@ -110,7 +110,7 @@ class JobResult:
 class WatchPass:
     """What one pass found and did (the audit row's payload)."""
 
-    outcome: str  # no_drift | insufficient_data | retrained | retrain_failed
+    outcome: str  # no_drift | insufficient_data | retrained | retrain_failed | error
     variant: str
     started_at: str
     drift_share: float | None = None
@@ -284,6 +284,10 @@ def run_pass(
     try:
         start = since or now - timedelta(days=config.window_days)
         _run(result, store, config, features, service_url, runner, drift_check, limit, start, now, created_by)
+    except Exception as err:  # audited as what it is, never as the last outcome set before it
+        result.outcome = "error"
+        result.reason = f"{type(err).__name__}: {str(err)[:300]}"
+        raise
     finally:
         share = result.drift_share
         summary = (
