@@ -153,75 +153,57 @@ def drift(manifest_path: Path = RAYSERVICE, serve_config: Path = SERVE_CONFIG) -
     )
 
 
+def embedded_configmap(header: str, metadata: list[str], key: str, text: str, source: str) -> str:
+    """A ConfigMap manifest embedding `text` verbatim under `key` (a YAML literal block)."""
+    if not text.endswith("\n") or text.endswith("\n\n"):
+        raise RenderError(f"{source}: must end with exactly one newline (a YAML literal block keeps one)")
+    body = "".join(f"    {line}" if line.strip() else "\n" for line in text.splitlines(keepends=True))
+    meta = "".join(f"  {line}\n" for line in metadata)
+    return header + "apiVersion: v1\nkind: ConfigMap\nmetadata:\n" + meta + f"data:\n  {key}: |\n" + body
+
+
 def dashboard_configmap(dashboard_json: str, key: str = DASHBOARD_JSON.name) -> str:
-    """The ConfigMap manifest embedding the dashboard JSON verbatim (a literal block)."""
-    if not dashboard_json.endswith("\n") or dashboard_json.endswith("\n\n"):
-        raise RenderError(f"{key}: must end with exactly one newline (a YAML literal block keeps one)")
-    body = "".join(
-        f"    {line}" if line.strip() else "\n" for line in dashboard_json.splitlines(keepends=True)
-    )
-    return (
-        DASHBOARD_HEADER
-        + "apiVersion: v1\n"
-        + "kind: ConfigMap\n"
-        + "metadata:\n"
-        + f"  name: {DASHBOARD_NAME}\n"
-        + f"  namespace: {DASHBOARD_NAMESPACE}\n"
-        + "  labels:\n"
-        + f'    {DASHBOARD_LABEL}: "1"\n'
-        + "    app.kubernetes.io/name: mediscale\n"
-        + "data:\n"
-        + f"  {key}: |\n"
-        + body
-    )
+    """The ConfigMap Grafana's sidecar imports: the dashboard JSON verbatim."""
+    metadata = [
+        f"name: {DASHBOARD_NAME}",
+        f"namespace: {DASHBOARD_NAMESPACE}",
+        "labels:",
+        f'  {DASHBOARD_LABEL}: "1"',
+        "  app.kubernetes.io/name: mediscale",
+    ]
+    return embedded_configmap(DASHBOARD_HEADER, metadata, key, dashboard_json, key)
 
 
 def watch_configmap(rayjob_yaml: str) -> str:
-    """The ConfigMap the watch CronJob mounts: kuberay/rayjob-watch.yaml verbatim (a literal block)."""
-    if not rayjob_yaml.endswith("\n") or rayjob_yaml.endswith("\n\n"):
-        raise RenderError(f"{WATCH_RAYJOB.name}: must end with exactly one newline")
-    body = "".join(f"    {line}" if line.strip() else "\n" for line in rayjob_yaml.splitlines(keepends=True))
-    return (
-        WATCH_HEADER
-        + "apiVersion: v1\n"
-        + "kind: ConfigMap\n"
-        + "metadata:\n"
-        + f"  name: {WATCH_CONFIGMAP_NAME}\n"
-        + "  labels:\n"
-        + "    app.kubernetes.io/name: mediscale\n"
-        + "    app.kubernetes.io/component: watch\n"
-        + "data:\n"
-        + f"  {WATCH_KEY}: |\n"
-        + body
+    """The ConfigMap the watch CronJob mounts: kuberay/rayjob-watch.yaml verbatim."""
+    metadata = [
+        f"name: {WATCH_CONFIGMAP_NAME}",
+        "labels:",
+        "  app.kubernetes.io/name: mediscale",
+        "  app.kubernetes.io/component: watch",
+    ]
+    return embedded_configmap(WATCH_HEADER, metadata, WATCH_KEY, rayjob_yaml, WATCH_RAYJOB.name)
+
+
+def _diff(committed: Path, expected: str, source: Path) -> str:
+    """A unified diff from a committed generated file to a fresh rendering; empty when in sync."""
+    current = Path(committed).read_text() if Path(committed).exists() else ""
+    return "".join(
+        difflib.unified_diff(
+            current.splitlines(keepends=True),
+            expected.splitlines(keepends=True),
+            fromfile=f"{committed} (committed)",
+            tofile=f"{committed} (rendered from {source})",
+        )
     )
 
 
 def watch_drift(configmap: Path = WATCH_CONFIGMAP, rayjob: Path = WATCH_RAYJOB) -> str:
-    """A unified diff from the committed watch ConfigMap to a fresh rendering; empty when in sync."""
-    current = Path(configmap).read_text() if Path(configmap).exists() else ""
-    expected = watch_configmap(Path(rayjob).read_text())
-    return "".join(
-        difflib.unified_diff(
-            current.splitlines(keepends=True),
-            expected.splitlines(keepends=True),
-            fromfile=f"{configmap} (committed)",
-            tofile=f"{configmap} (rendered from {rayjob})",
-        )
-    )
+    return _diff(configmap, watch_configmap(Path(rayjob).read_text()), rayjob)
 
 
 def dashboard_drift(configmap: Path = DASHBOARD_CONFIGMAP, dashboard: Path = DASHBOARD_JSON) -> str:
-    """A unified diff from the committed ConfigMap to a fresh rendering; empty when in sync."""
-    current = Path(configmap).read_text() if Path(configmap).exists() else ""
-    expected = dashboard_configmap(Path(dashboard).read_text(), Path(dashboard).name)
-    return "".join(
-        difflib.unified_diff(
-            current.splitlines(keepends=True),
-            expected.splitlines(keepends=True),
-            fromfile=f"{configmap} (committed)",
-            tofile=f"{configmap} (rendered from {dashboard})",
-        )
-    )
+    return _diff(configmap, dashboard_configmap(Path(dashboard).read_text(), Path(dashboard).name), dashboard)
 
 
 def main(argv: list[str] | None = None) -> int:
