@@ -141,16 +141,8 @@ def render(
 
 def drift(manifest_path: Path = RAYSERVICE, serve_config: Path = SERVE_CONFIG) -> str:
     """A unified diff from the committed manifest to a fresh rendering; empty when in sync."""
-    current = Path(manifest_path).read_text()
-    expected, _ = render(current, serve_config=serve_config)
-    return "".join(
-        difflib.unified_diff(
-            current.splitlines(keepends=True),
-            expected.splitlines(keepends=True),
-            fromfile=f"{manifest_path} (committed)",
-            tofile=f"{manifest_path} (rendered from {serve_config})",
-        )
-    )
+    expected, _ = render(Path(manifest_path).read_text(), serve_config=serve_config)
+    return _diff(manifest_path, expected, serve_config)
 
 
 def embedded_configmap(header: str, metadata: list[str], key: str, text: str, source: str) -> str:
