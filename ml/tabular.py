@@ -353,7 +353,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     started = time.perf_counter()
     shards = {}
     for name in ("train", "valid"):
-        frame = ray.train.get_dataset_shard(name).materialize().to_pandas()
+        frame = canonical_order(ray.train.get_dataset_shard(name).materialize().to_pandas())
         if name == "train" and config.get("missing_rate"):
             frame = with_missing_copy(frame, config["missing_rate"], config.get("seed", 0))
         shards[name] = xgboost.DMatrix(
@@ -369,6 +369,14 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         callbacks=[ReportEvery(config["report_every"], data_seconds)],
         verbose_eval=False,
     )
+
+
+def canonical_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows sorted by a hash of their content. Ray Data hands a shard's blocks over in the
+    order its read tasks finish, so without this the seeded missing-group copy masked other rows
+    each run and the same data and seed gave another model."""
+    keys = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    return frame.iloc[np.argsort(keys, kind="stable")].reset_index(drop=True)
 
 
 def with_missing_copy(frame: pd.DataFrame, rate: float, seed: int) -> pd.DataFrame:

@@ -631,6 +631,16 @@ def class_weights(frame: pd.DataFrame, labels: list[str]) -> list[float]:
     return [n / (k * max(int(counts.get(label, 0)), 1)) for label in labels]
 
 
+def ordered_ingest():
+    """Ray Train's ingest options with blocks kept in dataset order: the seeded shuffle then sees
+    the same rows in the same order every run, so one seed gives one model."""
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
+
+
 def fit(
     splits: TextSplits,
     config: TextConfig | None = None,
@@ -647,7 +657,7 @@ def fit(
     `callbacks` go to Ray Train's RunConfig (e.g. Tune's TuneReportCallback inside a trial).
     `datasets` are `tokenized_datasets(splits, config)` made earlier (a search tokenizes once).
     """
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     config = config or TextConfig()
@@ -680,6 +690,7 @@ def fit(
             callbacks=callbacks,
         ),
         datasets=datasets,
+        dataset_config=DataConfig(execution_options=ordered_ingest()),
     )
     t1 = time.perf_counter()
     result = trainer.fit()
