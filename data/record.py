@@ -31,12 +31,32 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from data.concepts import NOTE_DECREASING, NOTE_FEATURES, NOTE_INCREASING
 from data.schema import DISCHARGE_SUMMARY, LAB_RANGES, VITAL_RANGES
 
-Measurement = float | list[float]
+MAX_VALUES = 5_000  # measurements of one item per stay (a 50-day stay charted every 15 minutes)
+
+
+def _plain_text(value: str) -> str:
+    """Text a database and a tokenizer take as it is: no NUL (PostgreSQL refuses it) and no lone
+    surrogate (not encodable as UTF-8). The value is never echoed."""
+    if "\x00" in value:
+        raise ValueError("contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("is not valid Unicode text (a lone surrogate)") from None
+    return value
+
+
+# Strict types: `true` or "67" is not a number here (lax parsing stored `age: true` as 1.0), and
+# NaN, Infinity and 1e400 are refused by name instead of failing later.
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Count = Annotated[int, Field(strict=True)]
+Text = Annotated[str, AfterValidator(_plain_text)]
+Measurement = Number | Annotated[list[Number], Field(max_length=MAX_VALUES)]
 
 
 def _check_range(name: str, value: Measurement | None, low: float, high: float, unit: str) -> None:
@@ -101,21 +121,21 @@ class PatientRecord(BaseModel):
         },
     )
 
-    patient_id: Annotated[str, Field(min_length=1, max_length=128)] | None = Field(
+    patient_id: Annotated[Text, Field(min_length=1, max_length=128)] | None = Field(
         None, description="Keeps a patient on one variant; stored only as a salted hash."
     )
-    age: float | None = Field(None, ge=0, le=120)
+    age: Number | None = Field(None, ge=0, le=120)
     sex: Literal["M", "F", "U"] | None = None
-    ethnicity: str | None = Field(None, max_length=64)
-    admission_type: str | None = Field(None, max_length=32)
-    via_emergency_department: bool | None = None
-    discharge_disposition: str | None = Field(None, max_length=64)
-    insurance: str | None = Field(None, max_length=64)
-    los_days: float | None = Field(None, ge=0, le=3650)
-    prior_admissions_365d: int | None = Field(None, ge=0, le=365)
-    prior_ed_visits_365d: int | None = Field(None, ge=0, le=1000)
-    days_since_last_discharge: float | None = Field(None, ge=0, le=36500)
-    diagnoses: list[Annotated[str, Field(min_length=2, max_length=10)]] | None = Field(
+    ethnicity: Text | None = Field(None, max_length=64)
+    admission_type: Text | None = Field(None, max_length=32)
+    via_emergency_department: Annotated[bool, Field(strict=True)] | None = None
+    discharge_disposition: Text | None = Field(None, max_length=64)
+    insurance: Text | None = Field(None, max_length=64)
+    los_days: Number | None = Field(None, ge=0, le=3650)
+    prior_admissions_365d: Count | None = Field(None, ge=0, le=365)
+    prior_ed_visits_365d: Count | None = Field(None, ge=0, le=1000)
+    days_since_last_discharge: Number | None = Field(None, ge=0, le=36500)
+    diagnoses: list[Annotated[Text, Field(min_length=2, max_length=10)]] | None = Field(
         None, max_length=500, description="ICD codes of this stay."
     )
     icd_version: Literal[9, 10] = 10
@@ -123,7 +143,7 @@ class PatientRecord(BaseModel):
     labs: Labs | None = None
     heart_rate: Measurement | None = Field(None, description="Shorthand for vitals.heart_rate.")
     blood_pressure: Measurement | None = Field(None, description="Shorthand for vitals.sbp (systolic).")
-    clinical_note: str | None = Field(None, description="Discharge summary; never logged.")
+    clinical_note: Text | None = Field(None, description="Discharge summary; never logged.")
 
     @field_validator("heart_rate")
     @classmethod
@@ -162,6 +182,7 @@ STAY_FIELDS = (
     "age", "sex", "ethnicity", "admission_type", "via_emergency_department", "discharge_disposition",
     "insurance", "los_days", "prior_admissions_365d", "prior_ed_visits_365d", "days_since_last_discharge",
 )  # fmt: skip
+COUNT_FIELDS = ("prior_admissions_365d", "prior_ed_visits_365d")  # whole numbers only
 INPUTS = (*STAY_FIELDS, "diagnoses", "vitals", "labs", "clinical_note")  # what `missing` names
 STATS = ("last", "min", "max", "mean", "count")
 # Groups of feature columns that are known or unknown together (training blanks them as a whole).

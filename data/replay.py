@@ -19,7 +19,7 @@ import pyarrow.dataset as pads
 
 from data.featureset import SPLITS, split_of
 from data.raw import table_files
-from data.record import STAY_FIELDS, PatientRecord
+from data.record import COUNT_FIELDS, STAY_FIELDS, PatientRecord
 from data.schema import DISCHARGE_SUMMARY, ITEM_RANGES, LAB_RANGES, TABLES, VITAL_RANGES
 from data.storage import resolve
 from data.validate import validate_raw
@@ -87,6 +87,9 @@ def raw_records(raw: str, split: str | None = None, limit: int | None = None) ->
     for row in features.itertuples(index=False):
         body: dict[str, Any] = {"patient_id": str(row.patient_id)}
         body |= {name: _value(getattr(row, name)) for name in STAY_FIELDS}
+        for name in COUNT_FIELDS:  # a count read from a float column (NaN elsewhere) is still a count
+            if isinstance(body[name], float):
+                body[name] = int(body[name])
         vitals = {
             i: [float(v) for v in series[(row.admission_id, i)]]
             for i in VITAL_RANGES

@@ -7,15 +7,20 @@ and its features come from the same transforms as training's.
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from data.record import Labs, Measurement, PatientRecord, Vitals
+from data.record import Labs, Measurement, PatientRecord, Text, Vitals
 
 __all__ = [
+    "CHILD_SEPARATOR",
     "MAX_BATCH",
+    "MAX_BATCH_ID",
+    "MAX_BODY_BYTES",
     "REQUEST_ID_PATTERN",
+    "STORED_ID_PATTERN",
     "BatchPrediction",
     "BatchRequest",
     "Evidence",
@@ -25,12 +30,28 @@ __all__ = [
     "Measurement",
     "PatientRecord",
     "Prediction",
+    "StoredFeedback",
+    "StoredPrediction",
     "Vitals",
+    "child_id",
     "risk_band",
 ]
 
-REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 MAX_BATCH = 256
+# A full batch of 20,000-character notes fits with room; anything larger is refused (413) as it
+# streams in, before JSON parsing.
+MAX_BODY_BYTES = 16 * 1024 * 1024
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"  # what a client may send as x-request-id
+# A batch record's id is `<batch id>~<index>`: "~" is not allowed in a client's id, so a child can
+# never collide with a single prediction's id (`X-0` once blocked batch `X`), and the batch id
+# leaves room for the suffix within the stored 128 characters.
+CHILD_SEPARATOR = "~"
+MAX_BATCH_ID = 128 - len(f"{CHILD_SEPARATOR}{MAX_BATCH - 1}")
+STORED_ID_PATTERN = rf"^(?:[A-Za-z0-9._:-]{{1,128}}|[A-Za-z0-9._:-]{{1,{MAX_BATCH_ID}}}~[0-9]{{1,3}})$"
+
+
+def child_id(batch_id: str, index: int) -> str:
+    return f"{batch_id}{CHILD_SEPARATOR}{index}"
 
 
 class BatchRequest(BaseModel):
@@ -42,9 +63,9 @@ class BatchRequest(BaseModel):
 class Feedback(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    request_id: str = Field(..., pattern=REQUEST_ID_PATTERN)
-    outcome: bool = Field(..., description="Readmitted within 30 days.")
-    source: str | None = Field(None, max_length=64)
+    request_id: str = Field(..., pattern=STORED_ID_PATTERN)
+    outcome: bool = Field(..., strict=True, description="Readmitted within 30 days: true or false only.")
+    source: Text | None = Field(None, max_length=64)
 
 
 class Evidence(BaseModel):
@@ -83,6 +104,45 @@ class Prediction(BaseModel):
     missing: list[str] = Field(..., description="Inputs not given (treated as unknown, not as zero).")
     completeness: float = Field(..., description="Share of the record's inputs that were given.")
     top_factors: list[Factor]
+
+
+class StoredFeedback(BaseModel):
+    outcome: bool
+    source: str | None = None
+    recorded_at: datetime
+
+
+class StoredPrediction(BaseModel):
+    """A prediction as the store holds it (`GET /predictions/{request_id}`): the answer a client
+    got, without the explanation (not stored) and without features or patient key."""
+
+    request_id: str
+    created_at: datetime
+    risk: float
+    risk_band: Literal["low", "medium", "high"]
+    variant: str
+    model_versions: dict[str, str | None]
+    components: dict[str, float | None]
+    feedback: StoredFeedback | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> StoredPrediction:
+        """From `PredictionStore.get`'s row (shadow scores stay internal)."""
+        given = row.get("feedback")
+        return cls(
+            request_id=row["request_id"],
+            created_at=row["created_at"],
+            risk=row["risk"],
+            risk_band=row["risk_band"],
+            variant=row["variant"],
+            model_versions=row["model_versions"] or {},
+            components=row["components"] or {},
+            feedback=None
+            if given is None
+            else StoredFeedback(
+                outcome=given["outcome"], source=given["source"], recorded_at=given["created_at"]
+            ),
+        )
 
 
 class BatchPrediction(BaseModel):

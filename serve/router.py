@@ -24,12 +24,17 @@ from ray.serve.handle import DeploymentHandle
 from serve import metrics
 from serve.loading import ModelLoader, RegistryLoader
 from serve.records import (
+    MAX_BATCH_ID,
+    MAX_BODY_BYTES,
     REQUEST_ID_PATTERN,
+    STORED_ID_PATTERN,
     BatchPrediction,
     BatchRequest,
     Feedback,
     PatientRecord,
     Prediction,
+    StoredPrediction,
+    child_id,
     risk_band,
 )
 from serve.scoring import Scored, to_prediction, to_store_row
@@ -42,8 +47,10 @@ api = FastAPI(
     title="MediScale readmission risk",
     version="0.1.0",
     description="30-day readmission risk from a patient record and an optional discharge note.",
+    max_body_size=MAX_BODY_BYTES,  # 413 while the body streams in, before any JSON parsing
 )
 
+MAX_ERRORS = 20  # validation errors listed in a 422 body (the count of the rest is given)
 VARIANT_STATE = "mediscale_variant"  # request.state key: the variant a handler served
 _ENDPOINTS = (
     ("/predict/batch", "predict_batch"),
@@ -57,6 +64,8 @@ _ENDPOINTS = (
 def endpoint_name(path: str) -> str:
     """A bounded endpoint label from the request path (under any route prefix)."""
     path = path.rstrip("/")
+    if "/predictions/" in path:  # GET /predictions/{request_id}: never the id itself as a label
+        return "predictions"
     for suffix, name in _ENDPOINTS:
         if path.endswith(suffix):
             return name
@@ -96,15 +105,39 @@ class RequestMetrics:
 api.add_middleware(RequestMetrics)
 
 
+def _printable(value: object, limit: int = 300) -> str:
+    """Text that encodes as UTF-8 JSON (a lone surrogate in a 422 once made it a 500)."""
+    text = str(value if value is not None else "")[:limit]
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _loc_part(part: object) -> str | int:
+    """A field name or index of a 422's `loc`. An unknown key is the client's own text (it may be
+    anything, a patient id included): a short plain name is kept so typos can be fixed, the rest
+    is replaced."""
+    if isinstance(part, int):
+        return part
+    text = str(part)
+    return text if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\[\]-]{0,63}", text) else "<unreadable key>"
+
+
 @api.exception_handler(RequestValidationError)
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 naming the field and the rule, without echoing the input (it may be a note or a
     patient's values: FastAPI's default body repeats it)."""
+    errors = exc.errors()
     detail = [
-        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-        for e in exc.errors()
+        {
+            "loc": [_loc_part(part) for part in e.get("loc", ())],
+            "msg": _printable(e.get("msg")),
+            "type": _printable(e.get("type")),
+        }
+        for e in errors[:MAX_ERRORS]
     ]
-    return JSONResponse(status_code=422, content={"detail": detail})
+    body: dict = {"detail": detail}
+    if len(errors) > MAX_ERRORS:  # a 10,000-record batch must not come back as 10,000 errors
+        body["more_errors"] = len(errors) - MAX_ERRORS
+    return JSONResponse(status_code=422, content=body)
 
 
 @api.exception_handler(Exception)
@@ -114,15 +147,23 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=500, content={"detail": "internal error; see the server log"})
 
 
-def _request_id(request: Request) -> str:
+def _request_id(request: Request, limit: int = 128) -> str:
     """The client's x-request-id (Serve's proxy passes it through, or sets a fresh one, and
-    echoes it on the response)."""
+    echoes it on the response); a batch's leaves room for its records' `~<index>`."""
     given = request.headers.get("x-request-id")
     if given is None:
         return uuid.uuid4().hex
-    if not re.fullmatch(REQUEST_ID_PATTERN, given):
-        raise HTTPException(422, "x-request-id: use 1-128 letters, digits or . _ : -")
+    if not re.fullmatch(REQUEST_ID_PATTERN, given) or len(given) > limit:
+        raise HTTPException(422, f"x-request-id: use 1-{limit} letters, digits or . _ : -")
     return given
+
+
+def _already_stored(request_ids: list[str]) -> str:
+    """409's detail: how many ids, and where the stored answers are (ids are the client's own)."""
+    return (
+        f"request_id already stored ({len(request_ids)} of this request); the stored row is kept: "
+        "GET /predictions/{request_id} returns it"
+    )
 
 
 def assignment_point(key: str) -> float:
@@ -265,12 +306,24 @@ class Router:
         if size > self.args.max_note_chars:
             raise HTTPException(413, f"{where}: {size} characters; the limit is {self.args.max_note_chars}")
 
+    async def _check_new(self, request_ids: list[str]) -> None:
+        """409 before any model runs when an id is already stored (the stored row is kept)."""
+        from serve.store import StoreUnavailable
+
+        try:
+            taken = await asyncio.to_thread(self.store.existing_request_ids, request_ids)
+        except StoreUnavailable as exc:
+            raise HTTPException(503, f"{exc}; nothing was stored, retry with the same x-request-id") from None
+        if taken:
+            raise HTTPException(409, _already_stored(taken))
+
     async def _score(
         self, records: list[PatientRecord], request_ids: list[str], request: Request | None = None
     ) -> list[Prediction]:
-        from serve.store import DuplicateRequest
+        from serve.store import DuplicateRequest, StoreUnavailable
 
         resolved = self._ready()
+        await self._check_new(request_ids)
         weights = self._weights(resolved)
         if not weights:
             raise HTTPException(503, "no variant has a positive weight with loaded models")
@@ -311,7 +364,9 @@ class Router:
         try:
             await asyncio.to_thread(self.store.log_predictions, rows_out)
         except DuplicateRequest as exc:
-            raise HTTPException(409, str(exc)) from None
+            raise HTTPException(409, _already_stored(exc.request_ids)) from None
+        except StoreUnavailable as exc:
+            raise HTTPException(503, f"{exc}; nothing was stored, retry with the same x-request-id") from None
         finally:
             for variant in groups:
                 metrics.stage_done(variant, "store", time.perf_counter() - started)
@@ -366,28 +421,44 @@ class Router:
 
     @api.post("/predict/batch", response_model=BatchPrediction)
     async def predict_batch(self, batch: BatchRequest, request: Request) -> BatchPrediction:
-        """Many records in one call; request ids are `<x-request-id or random>-<index>`."""
-        base = _request_id(request)
+        """Many records in one call; their request ids are `<x-request-id or random>~<index>`
+        (a namespace no single prediction's id can enter)."""
+        base = _request_id(request, MAX_BATCH_ID)
         for i, record in enumerate(batch.records):
             self._check_note(record, f"records[{i}].clinical_note")
-        ids = [f"{base}-{i}" for i in range(len(batch.records))]
+        ids = [child_id(base, i) for i in range(len(batch.records))]
         return BatchPrediction(predictions=await self._score(batch.records, ids, request))
+
+    @api.get("/predictions/{request_id}", response_model=StoredPrediction)
+    async def prediction(self, request_id: str) -> StoredPrediction:
+        """A stored prediction by request id: what a client that timed out (or got 409 on its
+        retry) was answered. No features, note or patient key."""
+        if not re.fullmatch(STORED_ID_PATTERN, request_id):
+            raise HTTPException(422, "request_id: not a request id this service gives")
+        try:
+            row = await asyncio.to_thread(self.store.get, request_id)
+        except Exception as exc:  # the id is valid: a failing read is the store's, not the client's
+            log.error("prediction read failed: %s", type(exc).__name__)
+            raise HTTPException(503, f"prediction store unavailable ({type(exc).__name__})") from None
+        if row is None:
+            raise HTTPException(404, "request_id: no such prediction")
+        return StoredPrediction.from_row(row)
 
     @api.post("/feedback")
     async def feedback(self, feedback: Feedback, request: Request) -> dict:
         """The observed outcome of a prediction; one per request id (a second one is refused)."""
-        from serve.store import DuplicateFeedback, UnknownRequest
+        from serve.store import DuplicateFeedback, StoreUnavailable, UnknownRequest
 
         try:
             row = await asyncio.to_thread(
                 self.store.add_feedback, feedback.request_id, feedback.outcome, feedback.source
             )
         except UnknownRequest:
-            raise HTTPException(404, f"request_id {feedback.request_id!r}: no such prediction") from None
+            raise HTTPException(404, "request_id: no such prediction") from None
         except DuplicateFeedback:
-            raise HTTPException(
-                409, f"request_id {feedback.request_id!r}: feedback already recorded"
-            ) from None
+            raise HTTPException(409, "request_id: feedback already recorded") from None
+        except StoreUnavailable as exc:
+            raise HTTPException(503, f"{exc}; nothing was stored") from None
         setattr(request.state, VARIANT_STATE, row.get("variant"))
         metrics.feedback(row.get("variant"), feedback.outcome)
         return {

@@ -23,11 +23,26 @@ log = logging.getLogger("ray.serve")
 
 
 def _threads() -> int:
-    """Torch threads = the CPUs Ray gave this replica (at least 1)."""
+    """Torch threads = the CPUs Ray gave this replica (at least 1; 1 outside a Ray worker)."""
     import ray
 
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    try:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    except AssertionError:  # not a worker process (the class used directly, as in a test)
+        cpus = 1.0
     return max(1, int(cpus))
+
+
+class NoteFailure(Exception):
+    """One note the note model could not score (returned by `NoteScorer.score` in that item's
+    place, raised by the Combiner for that request only). Carries the error's kind, never text."""
+
+
+def _one_risk(predictor: Any, text: str) -> float | NoteFailure:
+    try:
+        return float(predictor.risk([text], 1)[0])
+    except Exception as exc:
+        return NoteFailure(f"note model failed on this note ({type(exc).__name__})")
 
 
 # Defaults match serve/config.yaml (which overrides them): small CPU shares, so the whole
@@ -87,21 +102,33 @@ class NoteScorer:
         return (await self.models.get(version)).extra.get("combiner")
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
-    async def score(self, items: list[tuple]) -> list[float]:
+    async def score(self, items: list[tuple]) -> list[float | NoteFailure]:
         """(version, note text[, variant]) -> calibrated note risk, one forward pass per version in
-        the batch. Each item's variant gets the pass's time as its `note` stage."""
-        out = [0.0] * len(items)
+        the batch. Each item's variant gets the pass's time as its `note` stage.
+
+        The batch holds other clients' requests: when a pass fails, its items are scored one by
+        one, so only the item that fails gets a `NoteFailure` (the Combiner raises it for that
+        request alone) and a version that cannot load fails only its own items."""
+        out: list[float | NoteFailure] = [NoteFailure("not scored")] * len(items)
         by_version: dict[str, list[int]] = defaultdict(list)
         for i, item in enumerate(items):
             by_version[item[0]].append(i)
         for version, rows in by_version.items():
             started = time.perf_counter()
-            predictor = await self.models.get(version)
+            try:
+                predictor = await self.models.get(version)
+            except Exception as exc:
+                for i in rows:
+                    out[i] = NoteFailure(f"note model version {version} not loaded ({type(exc).__name__})")
+                continue
             texts = [items[i][1] for i in rows]
-            risks = await asyncio.to_thread(predictor.risk, texts, len(texts))
+            try:
+                risks = await asyncio.to_thread(predictor.risk, texts, len(texts))
+            except Exception:
+                risks = [await asyncio.to_thread(_one_risk, predictor, text) for text in texts]
             seconds = time.perf_counter() - started
             for i, r in zip(rows, risks, strict=True):
-                out[i] = float(r)
+                out[i] = r if isinstance(r, NoteFailure) else float(r)
                 metrics.stage_done(items[i][2] if len(items[i]) > 2 else None, "note", seconds)
         return out
 
@@ -138,7 +165,11 @@ class Combiner:
             [self.note.score.remote((note_version, t, variant)) for t in texts if t] if note_version else []
         )
         combiner = await self._weights(note_version) if note_calls else None
-        note_risks = iter(await asyncio.gather(*note_calls))
+        risks = await asyncio.gather(*note_calls)
+        for risk in risks:
+            if isinstance(risk, NoteFailure):
+                raise risk
+        note_risks = iter(risks)
         results = await tabular
         with metrics.stage(variant, "combine"):
             return [

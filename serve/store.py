@@ -58,7 +58,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -71,7 +72,11 @@ SALT_ENV = "MEDISCALE_PATIENT_KEY_SALT"
 # Development only: this salt is public, so keys made with it can be reversed by hashing candidate ids.
 # Production sets MEDISCALE_PATIENT_KEY_SALT to a secret.
 DEV_PATIENT_KEY_SALT = "mediscale-dev-patient-key-salt-NOT-SECRET"
-SQLITE_BUSY_TIMEOUT_S = 30.0
+# Well under the proxy's 30 s request timeout: a store that cannot take a write answers 503 while
+# the client still waits, instead of the client timing out while its row commits.
+SQLITE_BUSY_TIMEOUT_S = 10.0
+PG_CONNECT_TIMEOUT_S = 5
+PG_STATEMENT_TIMEOUT_MS = 10_000
 MAX_ID_LENGTH = 128
 # Feature keys never stored: string values under these names would be note text, and these ids are raw.
 NOTE_TEXT_KEYS = frozenset({"note", "notes", "note_text", "text", "clinical_note"})
@@ -90,6 +95,11 @@ class UnknownRequest(StoreError):
 
 class DuplicateFeedback(StoreError):
     """A second feedback for the same request_id; the first one is kept (HTTP 409)."""
+
+
+class StoreUnavailable(StoreError):
+    """The database did not take a write or a read (down, locked past the timeout, full): nothing of
+    the call was committed (HTTP 503)."""
 
 
 class DuplicateRequest(StoreError):
@@ -166,6 +176,14 @@ class PredictionRecord:
         if self.note_chars is None and self.note_text is not None:
             self.note_chars = len(self.note_text)
         self.created_at = _as_utc(self.created_at)
+
+
+def _unavailable(exc: Exception) -> str:
+    """Why the database failed, by kind only (the statement and its parameters carry patient
+    data and are never part of the message)."""
+    orig = getattr(exc, "orig", None)
+    original = type(orig).__name__ if orig is not None else type(exc).__name__
+    return f"prediction store unavailable ({original})"
 
 
 def _check_id(name: str, value: object) -> None:
@@ -387,7 +405,16 @@ def _make_engine(url: URL, echo: bool) -> Engine:
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, **common)
+    return sa.create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_timeout=SQLITE_BUSY_TIMEOUT_S,
+        connect_args={
+            "connect_timeout": PG_CONNECT_TIMEOUT_S,
+            "options": f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS}",
+        },
+        **common,
+    )
 
 
 # --------------------------------------------------------------------------- store
@@ -400,7 +427,7 @@ class PredictionStore:
         self._url = _resolve_url(url)
         self.store_note_text = store_note_text
         self._sqlite = self._url.get_backend_name() == "sqlite"
-        self._write_lock = threading.Lock() if self._sqlite else contextlib.nullcontext()
+        self._write_lock = threading.Lock()  # SQLite only: one writer per process (`_writer`)
         self._engine = _make_engine(self._url, echo)
         self._create_tables()
         log.info("prediction store ready at %s", self.url)
@@ -438,10 +465,24 @@ class PredictionStore:
 
         Other tables in the same database (serve/control.py) write through this too, so SQLite
         writers keep one lock order (BEGIN IMMEDIATE) and one process-wide write lock."""
-        with self._write_lock, self._engine.connect() as conn:
+        with self._writer(), self._engine.connect() as conn:
             conn.execution_options(**{_WRITE: True})
             with conn.begin():
                 yield conn
+
+    @contextlib.contextmanager
+    def _writer(self) -> Iterator[None]:
+        """This process's SQLite write lock, waited for no longer than the busy timeout: writers
+        queued behind a locked file fail in turn instead of each adding its wait to the next."""
+        if not self._sqlite:
+            yield
+            return
+        if not self._write_lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_S):
+            raise StoreUnavailable("prediction store unavailable (busy)")
+        try:
+            yield
+        finally:
+            self._write_lock.release()
 
     def _create_tables(self) -> None:
         with self.transaction() as conn:
@@ -464,6 +505,13 @@ class PredictionStore:
     def _exists(conn: Connection, table: sa.Table, request_id: str) -> bool:
         stmt = sa.select(sa.literal(1)).select_from(table).where(table.c.request_id == request_id)
         return conn.execute(stmt).first() is not None
+
+    def existing_request_ids(self, request_ids: list[str]) -> list[str]:
+        """Which of `request_ids` already have a stored prediction (checked before scoring)."""
+        try:
+            return self._existing_request_ids(request_ids)
+        except (DBAPIError, PoolTimeout) as exc:
+            raise StoreUnavailable(_unavailable(exc)) from None
 
     def _existing_request_ids(self, request_ids: list[str]) -> list[str]:
         found: set[str] = set()
@@ -509,10 +557,12 @@ class PredictionStore:
             with self.transaction() as conn:
                 conn.execute(predictions.insert(), rows)
         except IntegrityError:
-            existing = self._existing_request_ids(ids)
+            existing = self.existing_request_ids(ids)
             if existing:
                 raise DuplicateRequest(existing) from None
             raise
+        except (DBAPIError, PoolTimeout) as exc:  # rolled back: none of the rows is stored
+            raise StoreUnavailable(_unavailable(exc)) from None
         log.debug("stored %d prediction(s)", len(rows))
 
     def log_prediction(self, record: PredictionRecord) -> None:

@@ -201,3 +201,43 @@ def test_batch_scores_to_s3(
     assert scores["risk"].between(0, 1).all() and set(scores["version"]) == {"2"}
     with pytest.raises(FileExistsError):
         score_features(str(synthetic_features), "readmission-tabular@2", out, ["valid"])
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ('{"age": NaN}', "age"),
+        ('{"age": 1e400}', "age"),
+        ('{"age": true}', "age"),
+        ('{"age": "67"}', "age"),
+        ('{"prior_admissions_365d": 2.0}', "prior_admissions_365d"),
+        ('{"via_emergency_department": 1}', "via_emergency_department"),
+        ('{"labs": {"bnp": [100, Infinity]}}', "bnp"),
+        ('{"heart_rate": [80, true]}', "heart_rate"),
+        ('{"clinical_note": "pain\\u0000"}', "clinical_note"),
+        ('{"patient_id": "P\\ud800"}', "patient_id"),
+        ('{"diagnoses": ["I50\\udc00"]}', "diagnoses"),
+    ],
+)
+def test_clinical_fields_are_strict_finite_and_plain_text(body: str, field: str) -> None:
+    """Python-side validation (what FastAPI runs on the parsed body): no coercion of booleans or
+    text into numbers, no NaN or infinity, no NUL or lone surrogate; the error names the field and
+    never the value."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as caught:
+        PatientRecord.model_validate(json.loads(body))
+    errors = caught.value.errors(include_input=False)
+    assert any(field in map(str, e["loc"]) for e in errors), errors
+    assert all("\ud800" not in e["msg"] and "\udc00" not in e["msg"] for e in errors)
+
+
+def test_measurement_lists_have_a_maximum_length() -> None:
+    from pydantic import ValidationError
+
+    from data.record import MAX_VALUES
+
+    assert len(PatientRecord(heart_rate=[80.0] * MAX_VALUES).heart_rate) == MAX_VALUES
+    with pytest.raises(ValidationError, match="heart_rate"):
+        PatientRecord(heart_rate=[80.0] * (MAX_VALUES + 1))
+    assert PatientRecord.model_validate({"age": 67, "prior_admissions_365d": 2}).age == 67.0

@@ -61,7 +61,9 @@ RAY_LABELS = {
 BOUNDED_VALUES: dict[str, Callable[[str], bool]] = {
     "variant": lambda v: v in {*VARIANTS, metrics.NO_VARIANT, "mixed"},
     "shadow_variant": lambda v: v in VARIANTS,
-    "endpoint": lambda v: v in {"predict", "predict_batch", "feedback", "variants", "healthz", "other"},
+    "endpoint": lambda v: (
+        v in {"predict", "predict_batch", "feedback", "variants", "predictions", "healthz", "other"}
+    ),
     "status": lambda v: (v.isdigit() and len(v) == 3) or v in {"ok", "error"},  # HTTP or model load
     "stage": lambda v: v in metrics.STAGES,
     "band": lambda v: v in {"low", "medium", "high"},

@@ -1,0 +1,242 @@
+"""What a careless or hostile client sends, over HTTP to the deployed application: each defect a
+single request once turned into a 500, an echo of patient data, or another client's failure.
+
+Every answer must be a 4xx naming the field (or a 503 naming the store), a JSON body that never
+repeats the input, and nothing half-written in the store.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from serving import app_config, deploy
+
+from serve.records import MAX_BATCH_ID, MAX_BODY_BYTES
+
+APP = "input-app"
+ROUTER = {
+    "variants": {
+        "champion": {"weight": 0.5, "tabular": "champion", "note": "champion"},
+        "challenger": {"weight": 0.5, "tabular": "challenger", "note": "challenger"},
+    },
+    "shadow": False,
+    "alias_refresh_s": 0,
+}
+MARKER = "Qxzv-7731"  # a patient id / note marker that must never come back
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("input-store") / "predictions.db"
+
+
+@pytest.fixture(scope="module")
+def base_url(serve_port: int, registered_models: dict, store_path: Path) -> str:
+    args = {
+        "data_dir": str(registered_models["home"]),
+        "store_url": f"sqlite:///{store_path}",
+        "max_note_chars": 5000,
+    }
+    deploy(app_config(APP, "/", args, ROUTER))
+    return f"http://127.0.0.1:{serve_port}"
+
+
+@pytest.fixture
+def client(base_url: str):
+    with httpx.Client(base_url=base_url, timeout=60) as http:
+        yield http
+
+
+def stored_ids(store_path: Path) -> set[str]:
+    with sqlite3.connect(store_path) as conn:
+        return {row[0] for row in conn.execute("SELECT request_id FROM predictions")}
+
+
+def raw_post(client: httpx.Client, path: str, body: str | bytes, content_type: str = "application/json"):
+    data = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    return client.post(path, content=data, headers={"content-type": content_type})
+
+
+def assert_clean_4xx(reply: httpx.Response, status: int, *must_name: str) -> dict:
+    """The status, a JSON body, the named fields in it, and none of the marker."""
+    assert reply.status_code == status, (reply.status_code, reply.text[:500])
+    body = reply.json()
+    for name in must_name:
+        assert name in reply.text, (name, reply.text[:500])
+    assert MARKER not in reply.text
+    return body
+
+
+# --------------------------------------------------------------------------- numbers and text
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ('{"age": NaN}', "age"),
+        ('{"age": Infinity}', "age"),
+        ('{"age": 1e400}', "age"),
+        ('{"los_days": -Infinity}', "los_days"),
+        ('{"heart_rate": [80, NaN]}', "heart_rate"),
+        ('{"labs": {"creatinine": 1e400}}', "creatinine"),
+        ('{"age": true}', "age"),
+        ('{"age": "67"}', "age"),
+        ('{"prior_admissions_365d": 2.5}', "prior_admissions_365d"),
+        ('{"via_emergency_department": "yes"}', "via_emergency_department"),
+        ('{"vitals": {"spo2": false}}', "spo2"),
+    ],
+)
+def test_non_finite_and_loosely_typed_numbers_are_422_naming_the_field(
+    client: httpx.Client, body: str, field: str
+) -> None:
+    assert_clean_4xx(raw_post(client, "/predict", body), 422, field)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ('{"patient_id": "Qxzv-7731\\ud800"}', "patient_id"),
+        ('{"clinical_note": "Qxzv-7731 denies pain \\udc00"}', "clinical_note"),
+        ('{"clinical_note": "Qxzv-7731\\u0000"}', "clinical_note"),
+        ('{"ethnicity": "\\ud83d"}', "ethnicity"),
+        ('{"Qxzv-7731\\ud800": 1}', "body"),  # a key that is not text at all
+        ('{"Qxzv 7731": 1}', "unreadable key"),  # an unknown key, not a plain field name
+    ],
+)
+def test_lone_surrogates_and_nul_are_422_never_500(client: httpx.Client, body: str, field: str) -> None:
+    assert_clean_4xx(raw_post(client, "/predict", body), 422, field)
+
+
+def test_bodies_that_are_not_utf8_json_are_4xx(client: httpx.Client) -> None:
+    for content_type in ("text/plain", "application/json"):
+        reply = raw_post(client, "/predict", b'{"age": 67, "clinical_note": "\xff\xfe Qxzv"}', content_type)
+        assert 400 <= reply.status_code < 500, (content_type, reply.status_code, reply.text[:300])
+        assert "Qxzv" not in reply.text
+    reply = raw_post(client, "/predict", b"\xff" * 64, "application/json")
+    assert 400 <= reply.status_code < 500, reply.text[:300]
+
+
+def test_measurement_lists_are_bounded(client: httpx.Client) -> None:
+    reply = client.post("/predict", json={"heart_rate": [80.0] * 200_000})
+    assert_clean_4xx(reply, 422, "heart_rate", "5000")
+
+
+def test_a_body_over_the_cap_is_413_before_parsing(client: httpx.Client) -> None:
+    body = b'{"clinical_note": "' + b"x" * (MAX_BODY_BYTES + 10) + b'"}'
+    reply = raw_post(client, "/predict", body)
+    assert reply.status_code == 413
+
+
+def test_a_huge_batch_422_is_short_and_names_no_patient(client: httpx.Client) -> None:
+    records = [{"patient_id": f"{MARKER}-{i}", "age": 70, "sex": "?"} for i in range(10_000)]
+    reply = client.post("/predict/batch", json={"records": records})
+    body = assert_clean_4xx(reply, 422, "records")
+    assert len(reply.content) < 10_000, len(reply.content)
+    assert len(body["detail"]) <= 20
+    many = client.post("/predict/batch", json={"records": records[:200]})  # 200 bad records, 200 errors
+    body = assert_clean_4xx(many, 422, "sex")
+    assert len(body["detail"]) == 20 and body["more_errors"] == 180
+
+
+# --------------------------------------------------------------------------- request ids
+
+
+def test_batch_ids_have_their_own_namespace(client: httpx.Client, store_path: Path) -> None:
+    single = client.post("/predict", json={"age": 60}, headers={"x-request-id": "ns-X-0"})
+    assert single.status_code == 200, single.text
+    batch = client.post(
+        "/predict/batch", json={"records": [{"age": 61}, {"age": 62}]}, headers={"x-request-id": "ns-X"}
+    )
+    assert batch.status_code == 200, batch.text
+    assert [p["request_id"] for p in batch.json()["predictions"]] == ["ns-X~0", "ns-X~1"]
+    assert {"ns-X-0", "ns-X~0", "ns-X~1"} <= stored_ids(store_path)
+    ok = client.post("/feedback", json={"request_id": "ns-X~1", "outcome": False})
+    assert ok.status_code == 200, ok.text
+
+
+def test_a_batch_id_too_long_for_its_records_is_422_before_scoring(
+    client: httpx.Client, store_path: Path
+) -> None:
+    before = stored_ids(store_path)
+    too_long = "b" * (MAX_BATCH_ID + 1)
+    reply = client.post("/predict/batch", json={"records": [{"age": 70}]}, headers={"x-request-id": too_long})
+    assert_clean_4xx(reply, 422, "x-request-id", str(MAX_BATCH_ID))
+    assert stored_ids(store_path) == before
+    longest = "c" * MAX_BATCH_ID
+    fits = client.post(
+        "/predict/batch", json={"records": [{"age": 70}] * 3}, headers={"x-request-id": longest}
+    )
+    assert fits.status_code == 200, fits.text
+    assert fits.json()["predictions"][-1]["request_id"] == f"{longest}~2"
+
+
+def test_a_repeated_id_is_409_and_the_stored_answer_can_be_read(client: httpx.Client) -> None:
+    first = client.post("/predict", json={"age": 58}, headers={"x-request-id": "read-me.1"})
+    assert first.status_code == 200, first.text
+    again = client.post("/predict", json={"age": 99}, headers={"x-request-id": "read-me.1"})
+    assert again.status_code == 409 and "/predictions/" in again.text
+    stored = client.get("/predictions/read-me.1")
+    assert stored.status_code == 200, stored.text
+    body = stored.json()
+    answer = first.json()
+    assert body["risk"] == pytest.approx(answer["risk"]) and body["variant"] == answer["variant"]
+    assert body["model_versions"] == answer["model_versions"] and body["feedback"] is None
+    assert "features" not in body and "patient_key" not in body
+    client.post("/feedback", json={"request_id": "read-me.1", "outcome": True})
+    assert client.get("/predictions/read-me.1").json()["feedback"]["outcome"] is True
+    assert client.get("/predictions/never-made").status_code == 404
+    assert client.get("/predictions/bad%20id!").status_code == 422
+
+
+# --------------------------------------------------------------------------- feedback
+
+
+@pytest.mark.parametrize("outcome", ['"yes"', "1.0", "1", '"true"', "null"])
+def test_feedback_outcomes_are_strict_booleans(client: httpx.Client, outcome: str) -> None:
+    rid = client.post("/predict", json={"age": 64}).json()["request_id"]
+    reply = raw_post(client, "/feedback", f'{{"request_id": "{rid}", "outcome": {outcome}}}')
+    assert_clean_4xx(reply, 422, "outcome")
+    assert client.get(f"/predictions/{rid}").json()["feedback"] is None  # nothing recorded
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def test_a_locked_store_is_503_with_nothing_written_and_recovers(
+    client: httpx.Client, store_path: Path
+) -> None:
+    """Another writer holds the SQLite file past the busy timeout: /predict says the store is
+    unavailable (never 500, never a client timeout), keeps nothing, and the same id succeeds once
+    the lock is gone, without a restart."""
+    locker = sqlite3.connect(store_path, timeout=1, isolation_level=None)
+    try:
+        locker.execute("BEGIN EXCLUSIVE")
+        started = time.monotonic()
+        reply = client.post("/predict", json={"age": 71}, headers={"x-request-id": "locked-1"})
+        waited = time.monotonic() - started
+        assert reply.status_code == 503, reply.text
+        assert "prediction store unavailable" in reply.text and "locked-1" not in reply.text
+        assert waited < 30  # answered inside the proxy's request timeout
+    finally:
+        if locker.in_transaction:
+            locker.rollback()
+        locker.close()
+    assert "locked-1" not in stored_ids(store_path)
+    retry = client.post("/predict", json={"age": 71}, headers={"x-request-id": "locked-1"})
+    assert retry.status_code == 200, retry.text
+
+
+def test_error_bodies_are_json_everywhere(client: httpx.Client) -> None:
+    """Whatever is refused, the body parses as JSON (clients and the fuzzer rely on it)."""
+    for reply in (
+        raw_post(client, "/predict", '{"age": NaN, "sex": "\\ud800"}'),
+        raw_post(client, "/feedback", '{"request_id": "x", "outcome": "maybe"}'),
+        client.post("/predict/batch", json={"records": []}),
+    ):
+        assert 400 <= reply.status_code < 500
+        json.loads(reply.text)
