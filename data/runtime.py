@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -29,7 +28,9 @@ def init_ray(num_cpus: int | None = None, log_to_driver: bool = False) -> None:
 
     if ray.is_initialized():
         return
-    address = os.environ.get("RAY_ADDRESS")
+    from data.config import Settings
+
+    address = Settings.from_env().ray_address
     if address:
         ray.init(address=address, log_to_driver=log_to_driver)
     else:

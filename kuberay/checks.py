@@ -46,6 +46,7 @@ CONFIGMAP_KEYS = {
     "MEDISCALE_S3_ENDPOINT_URL",
     "MEDISCALE_DATA_DIR",
     "MEDISCALE_SERVICE_URL",
+    "MEDISCALE_ENV",
 }
 SECRET_KEYS = {
     "AWS_ACCESS_KEY_ID",
@@ -53,6 +54,7 @@ SECRET_KEYS = {
     "MLFLOW_TRACKING_USERNAME",
     "MLFLOW_TRACKING_PASSWORD",
     "MEDISCALE_STORE_URL",
+    "MEDISCALE_PATIENT_KEY_SALT",
 }
 PLACEHOLDER = re.compile(r"^<[a-z0-9-]+>$")
 # An image tag is the Ray version, or the Ray version and one of these variants.
@@ -936,6 +938,8 @@ def check_dashboard_configmap(manifest: Manifest, dashboard: Path = DASHBOARD_JS
 def check_configmap(manifest: Manifest) -> list[str]:
     data = manifest.doc.get("data") or {}
     problems = [f"{manifest.where}: missing key {k}" for k in sorted(CONFIGMAP_KEYS - set(data))]
+    if data.get("MEDISCALE_ENV", "production") != "production":
+        problems.append(f"{manifest.where}: MEDISCALE_ENV must be production (secrets required at start)")
     if data.get("MEDISCALE_DATA_DIR") not in (None, SHARED_MOUNT):
         problems.append(f"{manifest.where}: MEDISCALE_DATA_DIR must be the shared mount {SHARED_MOUNT}")
     for key in data:

@@ -103,6 +103,8 @@ def train_tabular(
             (Path(tmp) / "feature_manifest.json").write_text(json.dumps(manifest, indent=2))
             mlflow.log_artifact(str(Path(tmp) / "feature_manifest.json"))
             # Numbers as doubles in the signature: a served record may leave any of them missing.
+            # The rows only give the signature its types: no input_example is logged, since it
+            # would copy real patients' feature values into every model's artifacts.
             numeric = predictor.preprocessor.numeric
             example = test[names].head(5).astype({c: "float64" for c in numeric})
             outputs = pd.DataFrame({"risk": risk[:5], "risk_uncalibrated": raw[:5]})
@@ -112,7 +114,6 @@ def train_tabular(
                 python_model=TabularPyfunc(),
                 artifacts={"predictor": str(saved)},
                 signature=signature,
-                input_example=example,
             )
         out = {
             **report.as_dict("test_"),

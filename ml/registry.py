@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,7 +65,7 @@ class VersionInfo:
 
 
 def _env_uri() -> str | None:
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or None
+    uri = Settings.from_env().tracking_uri
     return None if uri in _own_defaults else uri
 
 

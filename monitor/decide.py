@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -50,8 +49,11 @@ def read_rule(path: Path | None = None) -> RuleConfig:
 
 def code_version() -> str:
     """MEDISCALE_CODE_VERSION (set in images), else the git commit, else the package version."""
-    if os.environ.get("MEDISCALE_CODE_VERSION"):
-        return os.environ["MEDISCALE_CODE_VERSION"][:64]
+    from data.config import Settings
+
+    given = Settings.from_env().code_version
+    if given:
+        return given
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"],

@@ -101,6 +101,12 @@ SHADOW_BAND_DISAGREEMENTS = Definition(
     "Shadow scores whose risk band differs from the served one.",
     ("variant", "shadow_variant"),
 )
+SHADOW_DROPPED = Definition(
+    "mediscale_shadow_dropped",
+    "counter",
+    "Records not shadow scored, by reason: overload (too many shadow tasks in flight) or error.",
+    ("reason",),
+)
 FEEDBACK = Definition(
     "mediscale_feedback",
     "counter",
@@ -142,6 +148,7 @@ DEFINITIONS: tuple[Definition, ...] = (
     SHADOW_SCORES,
     SHADOW_DIFFERENCE,
     SHADOW_BAND_DISAGREEMENTS,
+    SHADOW_DROPPED,
     FEEDBACK,
     MODEL_LOADS,
     MODEL_LOAD_SECONDS,
@@ -261,6 +268,12 @@ def shadow(variant: str, shadow_variant: str, risk: float, shadow_risk: float, s
     _observe(SHADOW_DIFFERENCE, abs(float(risk) - float(shadow_risk)), tags)
     if not same_band:
         _inc(SHADOW_BAND_DISAGREEMENTS, tags)
+
+
+def shadow_dropped(reason: str, n: int = 1) -> None:
+    """`reason`: overload or error."""
+    if n > 0:
+        _inc(SHADOW_DROPPED, {"reason": reason}, n)
 
 
 def feedback(variant: str | None, outcome: bool) -> None:

@@ -13,7 +13,6 @@ import re
 import time
 import uuid
 from collections import defaultdict
-from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -196,8 +195,10 @@ class Router:
         args: dict | None = None,
         loader: ModelLoader | None = None,
     ):
+        from data.config import Settings
         from serve.store import PredictionStore
 
+        Settings.from_env().check_production()  # production without its secrets does not start
         self.args = AppArgs.model_validate(args or {})
         self.combiner, self.tabular, self.note = combiner, tabular, note
         self.loader = loader or RegistryLoader(self.args.data_dir)
@@ -211,15 +212,11 @@ class Router:
         self._switch = asyncio.Lock()
         self._background: set[asyncio.Task] = set()
 
-    def _store_url(self) -> str | None:
+    def _store_url(self) -> str:
+        """The app's `store_url`, else the one settings fallback (in the app's data dir if given)."""
         from data.config import Settings
 
-        env_url = Settings.from_env().store_url
-        if self.args.store_url or env_url:
-            return self.args.store_url or env_url
-        if self.args.data_dir:
-            return f"sqlite:///{Path(self.args.data_dir).resolve() / 'predictions.db'}"
-        return None  # the store's own default: SQLite in the data dir
+        return self.args.store_url or Settings.from_env().resolved_store_url(self.args.data_dir)
 
     # ------------------------------------------------------------------ configuration
 
@@ -374,40 +371,49 @@ class Router:
             self.served[prediction.variant] += 1
             metrics.prediction(prediction.variant, prediction.risk, prediction.risk_band)
         if self.config.shadow:
-            served = [p.risk for p in predictions]
-            task = asyncio.create_task(self._shadow(records, request_ids, variants, resolved, served))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            if len(self._background) >= self.config.max_shadow_tasks:  # overloaded: shadows are optional
+                metrics.shadow_dropped("overload", len(records))
+            else:
+                served = [p.risk for p in predictions]
+                task = asyncio.create_task(self._shadow(records, request_ids, variants, resolved, served))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         return predictions
 
     async def _shadow(self, records, request_ids, variants, resolved, served) -> None:
         """Score with another variant and log it; never returned, never awaited by a client.
-        One Combiner call per other variant, as for the served scores."""
-        try:
-            groups: dict[str, list[int]] = defaultdict(list)
-            for i, (rid, variant) in enumerate(zip(request_ids, variants, strict=True)):
-                others = [n for n in resolved if n != variant]
-                if others:
-                    other = (
-                        others[0]
-                        if len(others) == 1
-                        else pick_variant(f"shadow:{rid}", {n: 1.0 for n in others})
-                    )
-                    groups[other].append(i)
-            for other, rows in groups.items():
+        One Combiner call per other variant, as for the served scores. A failure loses only what
+        it touches (one variant's group, or one record's row), counted as dropped."""
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, (rid, variant) in enumerate(zip(request_ids, variants, strict=True)):
+            others = [n for n in resolved if n != variant]
+            if others:
+                other = (
+                    others[0] if len(others) == 1 else pick_variant(f"shadow:{rid}", {n: 1.0 for n in others})
+                )
+                groups[other].append(i)
+        medium, high = self.config.medium_risk, self.config.high_risk
+        for other, rows in groups.items():
+            try:
                 results = await self.combiner.score.remote(
                     [records[i] for i in rows], resolved[other], 0, other
                 )
-                versions = {k: v for k, v in resolved[other].items() if v is not None}
-                medium, high = self.config.medium_risk, self.config.high_risk
-                for i, result in zip(rows, results, strict=True):
+            except Exception as exc:  # a shadow failure must never touch the served path
+                log.warning("shadow scoring failed: %s", type(exc).__name__)
+                metrics.shadow_dropped("error", len(rows))
+                continue
+            versions = {k: v for k, v in resolved[other].items() if v is not None}
+            for i, result in zip(rows, results, strict=True):
+                try:
                     await asyncio.to_thread(
                         self.store.log_shadow, request_ids[i], other, versions, result.risk
                     )
-                    same = risk_band(served[i], medium, high) == risk_band(result.risk, medium, high)
-                    metrics.shadow(variants[i], other, served[i], result.risk, same)
-        except Exception as exc:  # a shadow failure must never touch the served path
-            log.warning("shadow scoring failed: %s", type(exc).__name__)
+                except Exception as exc:
+                    log.warning("shadow score not stored: %s", type(exc).__name__)
+                    metrics.shadow_dropped("error")
+                    continue
+                same = risk_band(served[i], medium, high) == risk_band(result.risk, medium, high)
+                metrics.shadow(variants[i], other, served[i], result.risk, same)
 
     # ------------------------------------------------------------------ HTTP
 

@@ -45,6 +45,11 @@ class RouterConfig(BaseModel):
         }
     )
     shadow: bool = False
+    max_shadow_tasks: int = Field(
+        64,
+        ge=0,
+        description="Shadow scorings in flight per Router replica; beyond, shadows are dropped (counted).",
+    )
     alias_refresh_s: float = Field(30.0, ge=0, description="0 turns alias polling off.")
     medium_risk: float = Field(0.10, gt=0, lt=1)
     high_risk: float = Field(0.25, gt=0, lt=1)

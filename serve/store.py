@@ -43,7 +43,6 @@ import hmac
 import json
 import logging
 import math
-import os
 import threading
 import time
 from collections import Counter
@@ -61,12 +60,14 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from data.config import STORE_FILE
+
 if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
 
-DB_FILENAME = "predictions.db"
+DB_FILENAME = STORE_FILE
 URL_ENV = "MEDISCALE_STORE_URL"
 SALT_ENV = "MEDISCALE_PATIENT_KEY_SALT"
 # Development only: this salt is public, so keys made with it can be reversed by hashing candidate ids.
@@ -117,11 +118,15 @@ _dev_salt_warned = False
 
 
 def patient_key_salt() -> str:
-    """The salt for patient keys: MEDISCALE_PATIENT_KEY_SALT, else the public development salt."""
+    """The salt for patient keys: MEDISCALE_PATIENT_KEY_SALT, else (development only) the public
+    development salt; production without it raises ConfigError."""
+    from data.config import Settings
+
     global _dev_salt_warned
-    salt = os.environ.get(SALT_ENV)
-    if salt:
-        return salt
+    settings = Settings.from_env()
+    if settings.patient_key_salt is not None:
+        return settings.patient_key_salt.get_secret_value()
+    settings.check_production()
     if not _dev_salt_warned:
         _dev_salt_warned = True
         log.warning("%s is not set: patient keys use the public development salt", SALT_ENV)
@@ -331,10 +336,7 @@ def default_url() -> str:
     """MEDISCALE_STORE_URL, else an SQLite file `predictions.db` in the data dir."""
     from data.config import Settings
 
-    settings = Settings.from_env()
-    if settings.store_url:
-        return settings.store_url
-    return f"sqlite:///{(settings.data_dir / DB_FILENAME).resolve()}"
+    return Settings.from_env().resolved_store_url()
 
 
 def _resolve_url(url: str | URL | None) -> URL:

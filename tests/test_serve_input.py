@@ -24,7 +24,8 @@ ROUTER = {
         "champion": {"weight": 0.5, "tabular": "champion", "note": "champion"},
         "challenger": {"weight": 0.5, "tabular": "challenger", "note": "challenger"},
     },
-    "shadow": False,
+    "shadow": True,
+    "max_shadow_tasks": 0,  # every shadow is dropped as if overloaded (counted, never queued)
     "alias_refresh_s": 0,
 }
 MARKER = "Qxzv-7731"  # a patient id / note marker that must never come back
@@ -229,6 +230,14 @@ def test_a_locked_store_is_503_with_nothing_written_and_recovers(
     assert "locked-1" not in stored_ids(store_path)
     retry = client.post("/predict", json={"age": 71}, headers={"x-request-id": "locked-1"})
     assert retry.status_code == 200, retry.text
+
+
+def test_shadows_beyond_the_bound_are_dropped_not_queued(client: httpx.Client, store_path: Path) -> None:
+    reply = client.post("/predict", json={"age": 66, "patient_id": "shadow-bound"})
+    assert reply.status_code == 200, reply.text
+    time.sleep(2.0)
+    with sqlite3.connect(store_path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM prediction_shadows").fetchone() == (0,)
 
 
 def test_error_bodies_are_json_everywhere(client: httpx.Client) -> None:

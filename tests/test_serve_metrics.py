@@ -68,6 +68,7 @@ BOUNDED_VALUES: dict[str, Callable[[str], bool]] = {
     "stage": lambda v: v in metrics.STAGES,
     "band": lambda v: v in {"low", "medium", "high"},
     "outcome": lambda v: v in {"0", "1", *metrics.OUTCOMES},
+    "reason": lambda v: v in {"overload", "error"},
     "model": lambda v: v in {"readmission-tabular", "readmission-notes"},
     "version": lambda v: v.isdigit(),
 }
@@ -355,13 +356,10 @@ def test_every_metric_is_exported_with_bounded_labels(
     # Other applications of this test session (a shadow-scoring app in another module) export the
     # same names: which names exist is a question about this application's series only.
     names = {s.name for s in ours if s.labels.get("application") == APP}
-    never_incremented = (
-        set()
-        if sum(expected["disagreements"].values())
-        else {
-            ray_(metrics.SHADOW_BAND_DISAGREEMENTS, "_total")  # Ray exports a counter once it moves
-        }
-    )
+    # Ray exports a counter once it moves: shadows are never dropped in this light traffic
+    never_incremented = {ray_(metrics.SHADOW_DROPPED, "_total")}
+    if not sum(expected["disagreements"].values()):
+        never_incremented.add(ray_(metrics.SHADOW_BAND_DISAGREEMENTS, "_total"))
     assert names == metrics.exported_names() - never_incremented
     secrets = {p["request_id"] for p in traffic["served"]} | set(traffic["patients"]) | {NOTE}
     definitions = {name: d for d in metrics.DEFINITIONS for name in d.exported()}
@@ -534,6 +532,7 @@ def test_recording_never_raises_when_metrics_break(monkeypatch: pytest.MonkeyPat
     metrics.request_done("predict", "champion", 200, 0.01)
     metrics.prediction("champion", 0.3, "high")
     metrics.shadow("champion", "challenger", 0.3, 0.1, False)
+    metrics.shadow_dropped("overload", 3)
     metrics.feedback("champion", True)
     metrics.model_load("readmission-tabular", "1", 1.0, ok=True)
     metrics.drift_share("challenger", 0.2)

@@ -193,3 +193,12 @@ def test_one_seed_gives_one_model(ray_cluster: object, synthetic_features: Path,
         return {k: v for k, v in result.valid_metrics.items() if not k.endswith("_seconds")}
 
     assert scores(first) == scores(second) and "round" in scores(first)
+
+
+def test_model_artifacts_hold_no_patient_rows(trained: dict, mlflow_home: Path) -> None:
+    """The registered model has a signature (types) but no input example: an example would copy
+    test patients' feature values into every model version's artifacts."""
+    models = list(mlflow_home.rglob("MLmodel"))
+    assert models, "no model artifacts"
+    assert not [p for p in mlflow_home.rglob("*") if "input_example" in p.name]
+    assert any("signature" in p.read_text() for p in models)
