@@ -6,6 +6,7 @@ real types through Serve's ingress wrapper, or it takes the body for query param
 """
 
 import asyncio
+import difflib
 import hashlib
 import logging
 import os
@@ -110,14 +111,34 @@ def _printable(value: object, limit: int = 300) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
-def _loc_part(part: object) -> str | int:
-    """A field name or index of a 422's `loc`. An unknown key is the client's own text (it may be
-    anything, a patient id included): a short plain name is kept so typos can be fixed, the rest
-    is replaced."""
-    if isinstance(part, int):
-        return part
-    text = str(part)
-    return text if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\[\]-]{0,63}", text) else "<unreadable key>"
+def _known_names() -> frozenset[str]:
+    """Every field name of the API's bodies (and pydantic's union tags), for 422 `loc`s."""
+    from serve.records import Labs, Vitals
+
+    names = {"body", "float", "list[float]", "int", "str", "bool"}
+    for model in (PatientRecord, Vitals, Labs, BatchRequest, Feedback):
+        names |= set(model.model_fields)
+    return frozenset(names)
+
+
+def _error(e: dict) -> dict:
+    """One validation error as the client sees it: a known field name or index, the rule, and
+    never the client's own text. An unknown key may be anything (a patient's name as a key), so
+    it is named `<unknown field>`, with the closest real field as a hint."""
+    known = _known_names()
+    loc: list[str | int] = []
+    hint = None
+    for part in e.get("loc", ()):
+        if isinstance(part, int) or part in known:
+            loc.append(part)
+        else:
+            loc.append("<unknown field>")
+            close = difflib.get_close_matches(str(part), sorted(known), n=1, cutoff=0.75)
+            hint = close[0] if close else hint
+    msg = _printable(e.get("msg"))
+    if hint is not None:
+        msg += f"; did you mean {hint!r}?"
+    return {"loc": loc, "msg": msg, "type": _printable(e.get("type"))}
 
 
 @api.exception_handler(RequestValidationError)
@@ -125,14 +146,7 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
     """422 naming the field and the rule, without echoing the input (it may be a note or a
     patient's values: FastAPI's default body repeats it)."""
     errors = exc.errors()
-    detail = [
-        {
-            "loc": [_loc_part(part) for part in e.get("loc", ())],
-            "msg": _printable(e.get("msg")),
-            "type": _printable(e.get("type")),
-        }
-        for e in errors[:MAX_ERRORS]
-    ]
+    detail = [_error(e) for e in errors[:MAX_ERRORS]]
     body: dict = {"detail": detail}
     if len(errors) > MAX_ERRORS:  # a 10,000-record batch must not come back as 10,000 errors
         body["more_errors"] = len(errors) - MAX_ERRORS

@@ -164,9 +164,9 @@ def test_variants_healthz_and_docs(client: httpx.Client) -> None:
         ({"age": -5}, "age"),
         ({"heart_rate": 900}, "heart_rate"),
         ({"vitals": {"spo2": 140}}, "spo2"),
-        ({"labs": {"potasium": 4.0}}, "potasium"),
+        ({"labs": {"potasium": 4.0}}, "potassium"),  # an unknown key is never echoed: a hint is given
         ({"sex": "X"}, "sex"),
-        ({"blood_presure": 120}, "blood_presure"),
+        ({"blood_presure": 120}, "blood_pressure"),
     ],
 )
 def test_bad_fields_are_422_naming_the_field(client: httpx.Client, payload: dict, field: str) -> None:

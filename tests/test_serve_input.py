@@ -106,7 +106,7 @@ def test_non_finite_and_loosely_typed_numbers_are_422_naming_the_field(
         ('{"clinical_note": "Qxzv-7731\\u0000"}', "clinical_note"),
         ('{"ethnicity": "\\ud83d"}', "ethnicity"),
         ('{"Qxzv-7731\\ud800": 1}', "body"),  # a key that is not text at all
-        ('{"Qxzv 7731": 1}', "unreadable key"),  # an unknown key, not a plain field name
+        ('{"Qxzv 7731": 1}', "unknown field"),  # an unknown key is never echoed
     ],
 )
 def test_lone_surrogates_and_nul_are_422_never_500(client: httpx.Client, body: str, field: str) -> None:
@@ -249,3 +249,70 @@ def test_error_bodies_are_json_everywhere(client: httpx.Client) -> None:
     ):
         assert 400 <= reply.status_code < 500
         json.loads(reply.text)
+
+
+# --------------------------------------------------------------------------- PHI never leaves
+
+
+PHI_ID = "Zqpatient-4412"
+PHI_NOTE = "Mrs Wqxyzzy lives at 12 Vrolik Lane, reports chest pain, denies dyspnea."
+PHI_MARKERS = ("Zqpatient", "Wqxyzzy", "Vrolik")
+
+
+def test_phi_markers_reach_no_log_metric_error_body_or_stored_column(
+    client: httpx.Client, store_path: Path
+) -> None:
+    """Distinctive strings in the patient id and the note, sent through every path (scored,
+    batched, refused, fed back, read back): afterwards no Ray or Serve log file of the session, no
+    exported metric, no response body and no store column holds any of them."""
+    import ray
+
+    bodies: list[str] = []
+    ok = client.post("/predict", json={"patient_id": PHI_ID, "age": 77, "clinical_note": PHI_NOTE})
+    assert ok.status_code == 200, ok.text
+    bodies.append(ok.text)
+    batch = client.post(
+        "/predict/batch",
+        json={"records": [{"patient_id": f"{PHI_ID}-{i}", "clinical_note": PHI_NOTE} for i in range(3)]},
+    )
+    assert batch.status_code == 200, batch.text
+    bodies.append(batch.text)
+    for refused in (
+        {"patient_id": PHI_ID, "clinical_note": PHI_NOTE, "sex": "Wqxyzzy"},
+        {"patient_id": PHI_ID, "clinical_note": PHI_NOTE, "age": "Zqpatient"},
+        {"patient_id": PHI_ID, "clinical_note": PHI_NOTE, "ethnicity": "Vrolik" * 20},
+        {"patient_id": PHI_ID * 20, "clinical_note": PHI_NOTE},
+        {"patient_id": PHI_ID, "clinical_note": PHI_NOTE + "\u0000"},
+        {"patient_id": PHI_ID, "labs": {"Wqxyzzy": 1.0}},
+    ):
+        reply = client.post("/predict", json=refused)
+        assert reply.status_code == 422, reply.text
+        bodies.append(reply.text)
+    rid = ok.json()["request_id"]
+    for reply in (
+        client.post("/feedback", json={"request_id": rid, "outcome": True}),
+        client.post("/feedback", json={"request_id": rid, "outcome": "Zqpatient"}),
+        client.get(f"/predictions/{rid}"),
+    ):
+        bodies.append(reply.text)
+    for text in bodies:
+        assert not [m for m in PHI_MARKERS if m in text], text[:300]
+
+    with sqlite3.connect(store_path) as conn:
+        tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            for row in conn.execute(f'SELECT * FROM "{table}"'):  # noqa: S608 (names from the schema)
+                flat = " ".join(str(v) for v in row)
+                assert not [m for m in PHI_MARKERS if m in flat], table
+
+    time.sleep(3.0)  # Ray flushes worker logs and exports metrics every few seconds
+    logs = Path(ray._private.worker.global_worker.node.get_logs_dir_path())
+    files = [p for p in logs.rglob("*") if p.is_file()]
+    assert any("serve" in p.parts for p in files), "no Serve logs found"
+    leaks = [str(p) for p in files if any(m.encode() in p.read_bytes() for m in PHI_MARKERS)]
+    assert not leaks, leaks
+    for node in ray.nodes():
+        if node.get("Alive") and node.get("MetricsExportPort"):
+            text = httpx.get(f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics").text
+            assert "mediscale_requests" in text or "ray_" in text
+            assert not [m for m in PHI_MARKERS if m in text]
