@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from data.record import Labs, Measurement, PatientRecord, Text, Vitals
 
 __all__ = [
+    "Answer",
     "CHILD_SEPARATOR",
     "MAX_BATCH",
     "MAX_BATCH_ID",
@@ -92,13 +93,18 @@ class Factor(BaseModel):
     evidence: list[Evidence] = Field(default_factory=list, description="Note spans behind a note factor.")
 
 
-class Prediction(BaseModel):
+class Answer(BaseModel):
+    """What every served answer says, fresh (`Prediction`) or read back (`StoredPrediction`)."""
+
     request_id: str
     risk: float
     risk_band: Literal["low", "medium", "high"]
     variant: str
     model_versions: dict[str, str | None]
     components: dict[str, float | None]
+
+
+class Prediction(Answer):
     note_used: bool
     explanation: str
     missing: list[str] = Field(..., description="Inputs not given (treated as unknown, not as zero).")
@@ -112,17 +118,11 @@ class StoredFeedback(BaseModel):
     recorded_at: datetime
 
 
-class StoredPrediction(BaseModel):
+class StoredPrediction(Answer):
     """A prediction as the store holds it (`GET /predictions/{request_id}`): the answer a client
     got, without the explanation (not stored) and without features or patient key."""
 
-    request_id: str
     created_at: datetime
-    risk: float
-    risk_band: Literal["low", "medium", "high"]
-    variant: str
-    model_versions: dict[str, str | None]
-    components: dict[str, float | None]
     feedback: StoredFeedback | None = None
 
     @classmethod
