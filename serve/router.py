@@ -50,6 +50,7 @@ api = FastAPI(
     max_body_size=MAX_BODY_BYTES,  # 413 while the body streams in, before any JSON parsing
 )
 
+STORE_PING_S = 3.0  # /healthz waits this long for the store's `SELECT 1`
 MAX_ERRORS = 20  # validation errors listed in a 422 body (the count of the rest is given)
 VARIANT_STATE = "mediscale_variant"  # request.state key: the variant a handler served
 _ENDPOINTS = (
@@ -531,7 +532,13 @@ class Router:
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
-        """200 when the models are loaded; 503 with the reason otherwise."""
+        """200 when the models are loaded and the store answers; 503 with the reason otherwise
+        (a replica that cannot commit a prediction cannot serve one)."""
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.store.ping), STORE_PING_S)
+        except Exception as exc:
+            reason = f"prediction store unreachable ({type(exc).__name__})"
+            return JSONResponse({"status": "unhealthy", "reason": reason}, status_code=503)
         if self.resolved and self.problem is None:
             return JSONResponse({"status": "ok", "variants": self.resolved})
         status = 200 if self.resolved else 503

@@ -467,10 +467,15 @@ class PredictionStore:
 
         Other tables in the same database (serve/control.py) write through this too, so SQLite
         writers keep one lock order (BEGIN IMMEDIATE) and one process-wide write lock."""
-        with self._writer(), self._engine.connect() as conn:
-            conn.execution_options(**{_WRITE: True})
-            with conn.begin():
-                yield conn
+        try:
+            with self._writer(), self._engine.connect() as conn:
+                conn.execution_options(**{_WRITE: True})
+                with conn.begin():
+                    yield conn
+        except IntegrityError:  # a duplicate: the callers say which
+            raise
+        except (DBAPIError, PoolTimeout) as exc:  # rolled back: nothing of the block is stored
+            raise StoreUnavailable(_unavailable(exc)) from None
 
     @contextlib.contextmanager
     def _writer(self) -> Iterator[None]:
@@ -563,8 +568,6 @@ class PredictionStore:
             if existing:
                 raise DuplicateRequest(existing) from None
             raise
-        except (DBAPIError, PoolTimeout) as exc:  # rolled back: none of the rows is stored
-            raise StoreUnavailable(_unavailable(exc)) from None
         log.debug("stored %d prediction(s)", len(rows))
 
     def log_prediction(self, record: PredictionRecord) -> None:
@@ -670,8 +673,11 @@ class PredictionStore:
     def get(self, request_id: str) -> dict[str, Any] | None:
         """The prediction with its shadow score and feedback (each None when absent), or None."""
         stmt = _joined_select().where(predictions.c.request_id == request_id)
-        with self._engine.connect() as conn:
-            found = conn.execute(stmt).mappings().first()
+        try:
+            with self._engine.connect() as conn:
+                found = conn.execute(stmt).mappings().first()
+        except (DBAPIError, PoolTimeout) as exc:
+            raise StoreUnavailable(_unavailable(exc)) from None
         if found is None:
             return None
         row = self._flat(found)

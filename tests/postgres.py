@@ -25,6 +25,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -96,9 +97,33 @@ def _admin(url: str, sql: str) -> None:
         conn.execute(sql)
 
 
+@dataclass
+class Server:
+    """A throwaway server that a test may stop and start again (an outage), same data and port."""
+
+    url: str
+    bindir: Path
+    data: Path
+    home: Path
+    options: str
+    user: pwd.struct_passwd | None
+
+    def stop(self) -> None:
+        _run(
+            [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
+            self.user,
+            self.home,
+        )
+
+    def start(self) -> None:
+        log = str(self.home / "server.log")
+        pg_ctl = [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", log, "-w", "-t", "60"]
+        _run([*pg_ctl, "-o", self.options, "start"], self.user, self.home)
+
+
 @contextlib.contextmanager
-def throwaway_server(bindir: Path) -> Iterator[str]:
-    """Start a PostgreSQL server in a temp dir; yield a URL to its database `mediscale_test`."""
+def throwaway_server(bindir: Path) -> Iterator[Server]:
+    """Start a PostgreSQL server in a temp dir; yield it (its `url` names database `mediscale_test`)."""
     user = _server_user()
     # Directly under /tmp: pytest's own temp dirs are private to root, so `postgres` could not enter them.
     home = Path(tempfile.mkdtemp(prefix="mediscale-pg-"))
@@ -133,7 +158,7 @@ def throwaway_server(bindir: Path) -> Iterator[str]:
                 time.sleep(0.2)
         url = f"postgresql+psycopg://{SUPERUSER}@127.0.0.1:{port}/postgres"
         _admin(url, f'CREATE DATABASE "{DATABASE}"')
-        yield _with_database(url, DATABASE)
+        yield Server(_with_database(url, DATABASE), bindir, data, home, options, user)
     finally:
         if started:
             with contextlib.suppress(Exception):
@@ -154,8 +179,22 @@ def postgres_url() -> Iterator[str]:
         if in_ci():
             pytest.fail(f"{reason}; CI must not skip the PostgreSQL tests", pytrace=False)
         pytest.skip(reason)
-    with throwaway_server(bindir) as server_url:
-        yield server_url
+    with throwaway_server(bindir) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def own_postgres() -> Iterator[Server]:
+    """A PostgreSQL server of this module's own, which its tests may stop and start (the shared
+    one cannot be stopped under other tests). Needs the server binaries (CI installs them)."""
+    bindir = find_postgres_bin()
+    if bindir is None:
+        reason = f"PostgreSQL server binaries not found ({BIN_GLOB}): the outage test needs its own server"
+        if in_ci():
+            pytest.fail(f"{reason}; CI must not skip it", pytrace=False)
+        pytest.skip(reason)
+    with throwaway_server(bindir) as server:
+        yield server
 
 
 @pytest.fixture
