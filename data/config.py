@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 # The S3 client reads these itself (data/storage.py passes them on); listed so the README's table
 # is complete. Never stored in Settings: they are the AWS SDK's own.
@@ -66,7 +66,6 @@ class Settings(BaseModel):
     )
     code_version: str | None = Field(
         default=None,
-        max_length=64,
         description="Code version written into each decision; unset means the git commit "
         "(set it in images without `.git`).",
     )
@@ -84,7 +83,11 @@ class Settings(BaseModel):
                 if source.get(variable):
                     values[name] = source[variable]
                     break
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValidationError as exc:  # name the variable, never its value (it may be a secret)
+            names = sorted({"/".join(ENV[str(e["loc"][0])]) for e in exc.errors() if e["loc"]})
+            raise ConfigError(f"unusable setting: {', '.join(names)}") from None
 
     def resolved_store_url(self, data_dir: str | Path | None = None) -> str:
         """The store URL, or the SQLite file in `data_dir` (default: this data dir). The only

@@ -53,7 +53,7 @@ def code_version() -> str:
 
     given = Settings.from_env().code_version
     if given:
-        return given
+        return given[:64]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"],

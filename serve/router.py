@@ -7,6 +7,7 @@ real types through Serve's ingress wrapper, or it takes the body for query param
 
 import asyncio
 import difflib
+import functools
 import hashlib
 import logging
 import os
@@ -112,6 +113,7 @@ def _printable(value: object, limit: int = 300) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
+@functools.cache
 def _known_names() -> frozenset[str]:
     """Every field name of the API's bodies (and pydantic's union tags), for 422 `loc`s."""
     from serve.records import Labs, Vitals
@@ -170,6 +172,12 @@ def _request_id(request: Request, limit: int = 128) -> str:
     if not re.fullmatch(REQUEST_ID_PATTERN, given) or len(given) > limit:
         raise HTTPException(422, f"x-request-id: use 1-{limit} letters, digits or . _ : -")
     return given
+
+
+def _store_down(exc: Exception) -> HTTPException:
+    """503 for a store that did not answer: says which kind of failure and that nothing of this
+    call was written, so the same request (same x-request-id, same feedback) may be sent again."""
+    return HTTPException(503, f"{exc}; nothing was stored, it is safe to retry")
 
 
 def _already_stored(request_ids: list[str]) -> str:
@@ -325,7 +333,7 @@ class Router:
         try:
             taken = await asyncio.to_thread(self.store.existing_request_ids, request_ids)
         except StoreUnavailable as exc:
-            raise HTTPException(503, f"{exc}; nothing was stored, retry with the same x-request-id") from None
+            raise _store_down(exc) from None
         if taken:
             raise HTTPException(409, _already_stored(taken))
 
@@ -378,7 +386,7 @@ class Router:
         except DuplicateRequest as exc:
             raise HTTPException(409, _already_stored(exc.request_ids)) from None
         except StoreUnavailable as exc:
-            raise HTTPException(503, f"{exc}; nothing was stored, retry with the same x-request-id") from None
+            raise _store_down(exc) from None
         finally:
             for variant in groups:
                 metrics.stage_done(variant, "store", time.perf_counter() - started)
@@ -454,13 +462,14 @@ class Router:
     async def prediction(self, request_id: str) -> StoredPrediction:
         """A stored prediction by request id: what a client that timed out (or got 409 on its
         retry) was answered. No features, note or patient key."""
+        from serve.store import StoreUnavailable
+
         if not re.fullmatch(STORED_ID_PATTERN, request_id):
             raise HTTPException(422, "request_id: not a request id this service gives")
         try:
             row = await asyncio.to_thread(self.store.get, request_id)
-        except Exception as exc:  # the id is valid: a failing read is the store's, not the client's
-            log.error("prediction read failed: %s", type(exc).__name__)
-            raise HTTPException(503, f"prediction store unavailable ({type(exc).__name__})") from None
+        except StoreUnavailable as exc:
+            raise _store_down(exc) from None
         if row is None:
             raise HTTPException(404, "request_id: no such prediction")
         return StoredPrediction.from_row(row)
@@ -479,7 +488,7 @@ class Router:
         except DuplicateFeedback:
             raise HTTPException(409, "request_id: feedback already recorded") from None
         except StoreUnavailable as exc:
-            raise HTTPException(503, f"{exc}; nothing was stored") from None
+            raise _store_down(exc) from None
         setattr(request.state, VARIANT_STATE, row.get("variant"))
         metrics.feedback(row.get("variant"), feedback.outcome)
         return {

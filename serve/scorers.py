@@ -23,13 +23,10 @@ log = logging.getLogger("ray.serve")
 
 
 def _threads() -> int:
-    """Torch threads = the CPUs Ray gave this replica (at least 1; 1 outside a Ray worker)."""
+    """Torch threads = the CPUs Ray gave this replica (at least 1)."""
     import ray
 
-    try:
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-    except AssertionError:  # not a worker process (the class used directly, as in a test)
-        cpus = 1.0
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     return max(1, int(cpus))
 
 

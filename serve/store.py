@@ -515,18 +515,15 @@ class PredictionStore:
 
     def existing_request_ids(self, request_ids: list[str]) -> list[str]:
         """Which of `request_ids` already have a stored prediction (checked before scoring)."""
+        found: set[str] = set()
         try:
-            return self._existing_request_ids(request_ids)
+            with self._engine.connect() as conn:
+                for start in range(0, len(request_ids), 500):
+                    chunk = request_ids[start : start + 500]
+                    stmt = sa.select(predictions.c.request_id).where(predictions.c.request_id.in_(chunk))
+                    found.update(conn.execute(stmt).scalars())
         except (DBAPIError, PoolTimeout) as exc:
             raise StoreUnavailable(_unavailable(exc)) from None
-
-    def _existing_request_ids(self, request_ids: list[str]) -> list[str]:
-        found: set[str] = set()
-        with self._engine.connect() as conn:
-            for start in range(0, len(request_ids), 500):
-                chunk = request_ids[start : start + 500]
-                stmt = sa.select(predictions.c.request_id).where(predictions.c.request_id.in_(chunk))
-                found.update(conn.execute(stmt).scalars())
         return sorted(found)
 
     def _prediction_row(self, record: PredictionRecord) -> dict[str, Any]:

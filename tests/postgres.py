@@ -166,6 +166,17 @@ def throwaway_server(bindir: Path) -> Iterator[Server]:
         shutil.rmtree(home, ignore_errors=True)
 
 
+def server_binaries(why: str) -> Path:
+    """The server binaries, else a skip (a failure under CI: CI must run these tests)."""
+    bindir = find_postgres_bin()
+    if bindir is None:
+        reason = f"{why} (no {BIN_GLOB})"
+        if in_ci():
+            pytest.fail(f"{reason}; CI must not skip the PostgreSQL tests", pytrace=False)
+        pytest.skip(reason)
+    return bindir
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A PostgreSQL database URL (postgresql+psycopg://...) for the session; see the module docstring."""
@@ -173,13 +184,9 @@ def postgres_url() -> Iterator[str]:
     if url:
         yield url
         return
-    bindir = find_postgres_bin()
-    if bindir is None:
-        reason = f"PostgreSQL not available: set {URL_ENV} or install the server (no {BIN_GLOB})"
-        if in_ci():
-            pytest.fail(f"{reason}; CI must not skip the PostgreSQL tests", pytrace=False)
-        pytest.skip(reason)
-    with throwaway_server(bindir) as server:
+    with throwaway_server(
+        server_binaries(f"PostgreSQL not available: set {URL_ENV} or install the server")
+    ) as server:
         yield server.url
 
 
@@ -187,13 +194,7 @@ def postgres_url() -> Iterator[str]:
 def own_postgres() -> Iterator[Server]:
     """A PostgreSQL server of this module's own, which its tests may stop and start (the shared
     one cannot be stopped under other tests). Needs the server binaries (CI installs them)."""
-    bindir = find_postgres_bin()
-    if bindir is None:
-        reason = f"PostgreSQL server binaries not found ({BIN_GLOB}): the outage test needs its own server"
-        if in_ci():
-            pytest.fail(f"{reason}; CI must not skip it", pytrace=False)
-        pytest.skip(reason)
-    with throwaway_server(bindir) as server:
+    with throwaway_server(server_binaries("the outage test needs a PostgreSQL server of its own")) as server:
         yield server
 
 
