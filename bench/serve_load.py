@@ -258,10 +258,12 @@ def wait_for_models(data_dir: Path, timeout_s: float) -> dict[str, str]:
 def load_models(data_dir: Path, versions: dict[str, str]):
     from ml import registry
     from ml.combine import RiskCombiner
+    from ml.tabular import TabularPredictor
+    from ml.text import NotePredictor
 
     configure_registry(data_dir)
-    tabular = registry.load_version(TABULAR, versions[TABULAR]).unwrap_python_model().predictor
-    note = registry.load_version(NOTE, versions[NOTE]).unwrap_python_model().predictor
+    tabular = registry.load_verified(TABULAR, versions[TABULAR], TabularPredictor.load)
+    note = registry.load_verified(NOTE, versions[NOTE], NotePredictor.load)
     stored = note.extra.get("combiner")
     return tabular, note, RiskCombiner(**stored) if stored else RiskCombiner()
 

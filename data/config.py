@@ -73,6 +73,22 @@ class Settings(BaseModel):
         default=None,
         description="A running Ray cluster for the CLIs (set by `ray job submit`); unset starts a local one.",
     )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="The service's API key file (`python -m serve keys create --file`; a mounted "
+        "Secret in Kubernetes); unset means the `api_keys` table of the prediction store.",
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="The key this process sends to the service (the dashboard's and `monitor`'s "
+        "calls to `GET /variants`, the benchmarks).",
+    )
+    rate_per_minute: int = Field(
+        default=600,
+        ge=1,
+        description="Requests per minute a key may make when it was created without its own limit "
+        "(shared by all replicas; beyond it the answer is 429 with `Retry-After`).",
+    )
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -97,6 +113,12 @@ class Settings(BaseModel):
         folder = Path(data_dir) if data_dir else self.data_dir
         return f"sqlite:///{(folder / STORE_FILE).resolve()}"
 
+    def service_headers(self) -> dict[str, str]:
+        """The auth header for calls to the service (empty when no key is set)."""
+        if self.api_key is None:
+            return {}
+        return {"Authorization": f"Bearer {self.api_key.get_secret_value()}"}
+
     def check_production(self) -> None:
         """Raise ConfigError when production runs without its secrets (a start-up error)."""
         if self.environment == "production" and self.patient_key_salt is None:
@@ -118,6 +140,9 @@ ENV: dict[str, tuple[str, ...]] = {
     "service_url": ("MEDISCALE_SERVICE_URL",),
     "code_version": ("MEDISCALE_CODE_VERSION",),
     "ray_address": ("RAY_ADDRESS",),
+    "api_keys_file": ("MEDISCALE_API_KEYS_FILE",),
+    "api_key": ("MEDISCALE_API_KEY",),
+    "rate_per_minute": ("MEDISCALE_RATE_PER_MINUTE",),
 }
 
 

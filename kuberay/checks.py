@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -48,14 +49,43 @@ CONFIGMAP_KEYS = {
     "MEDISCALE_SERVICE_URL",
     "MEDISCALE_ENV",
 }
-SECRET_KEYS = {
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
+S3_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+SECRET_KEYS = S3_KEYS | {
     "MLFLOW_TRACKING_USERNAME",
     "MLFLOW_TRACKING_PASSWORD",
     "MEDISCALE_STORE_URL",
     "MEDISCALE_PATIENT_KEY_SALT",
+    "MEDISCALE_API_KEY",  # the `read` key in-cluster clients send to the service (GET /variants)
 }
+# Serving takes read-only S3 keys from their own Secret: mediscale-secrets' AWS keys are the
+# read-write user of the training/tuning/watch RayJobs, and never reach the RayService's pods.
+SERVING_S3_SECRET = "mediscale-s3-readonly"
+# Ray's cluster token. KubeRay reads the key `auth_token` of authOptions.secretName
+# (utils.RAY_AUTH_TOKEN_SECRET_KEY in ray-operator/controllers/ray/utils/constant.go).
+RAY_AUTH_SECRET = "mediscale-ray-auth"
+RAY_AUTH_SECRET_KEY = "auth_token"
+# The service's API key file (`python -m serve keys create --file keys.json`), mounted read-only.
+API_KEYS_SECRET = "mediscale-api-keys"
+API_KEYS_SECRET_KEY = "keys.json"
+API_KEYS_FILE = "/etc/mediscale/keys/keys.json"
+# The Secrets the manifests use and the keys each template must list (placeholders only).
+SECRET_TEMPLATES = {
+    SECRET_NAME: SECRET_KEYS,
+    SERVING_S3_SECRET: S3_KEYS,
+    RAY_AUTH_SECRET: {RAY_AUTH_SECRET_KEY},
+    API_KEYS_SECRET: {API_KEYS_SECRET_KEY},
+}
+# Environment every serving pod (RayService head and workers: Serve proxies run on each) must set.
+SERVING_ENV = {
+    # the auth gate in the Serve proxy: Ray calls it and adds its ASGI middlewares to every proxy
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve.gate:proxy_middlewares",
+    "MLFLOW_ALLOW_MODEL_CODE_EXECUTION": "false",
+    "MEDISCALE_API_KEYS_FILE": API_KEYS_FILE,
+}
+# ConfigMap URLs may be plain http:// only to the pod itself or to these in-namespace Services,
+# whose traffic never leaves the namespace (kuberay/networkpolicy.yaml admits it).
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
+PLAIN_HTTP_SERVICES = {"MEDISCALE_SERVICE_URL": ("mediscale-serve-svc",)}
 PLACEHOLDER = re.compile(r"^<[a-z0-9-]+>$")
 # An image tag is the Ray version, or the Ray version and one of these variants.
 IMAGE_VARIANTS = ("", "-gpu")
@@ -106,7 +136,38 @@ KIND_API_VERSIONS = {
     "Role": "rbac.authorization.k8s.io/v1",
     "RoleBinding": "rbac.authorization.k8s.io/v1",
     "CronJob": "batch/v1",
+    "NetworkPolicy": "networking.k8s.io/v1",
 }
+
+# Ray token auth. KubeRay ray.io/v1 AuthOptions (ray-operator/apis/ray/v1/raycluster_types.go,
+# github.com/ray-project/kuberay): `mode` since v1.5.1, `secretName` and `enableK8sTokenAuth` since
+# v1.6.0. KubeRay injects RAY_AUTH_MODE=token and RAY_AUTH_TOKEN into the Ray containers, the
+# autoscaler and the RayJob submitter only for an explicit `mode: token` (utils.IsAuthEnabled).
+AUTH_OPTIONS_KEYS = {"mode", "secretName", "enableK8sTokenAuth"}
+AUTH_MODES = {"disabled", "token"}
+
+# Network isolation (kuberay/networkpolicy.yaml). Every Ray pod template carries CLUSTER_LABEL =
+# the name of its RayService/RayCluster/RayJob (KubeRay's own ray.io/cluster value is generated
+# for RayService and RayJob clusters); a RayJob's submitter pod carries SUBMITTER_LABEL.
+CLUSTER_LABEL = "mediscale.io/ray-cluster"
+SUBMITTER_LABEL = "mediscale.io/ray-submitter"
+NS_NAME_LABEL = "kubernetes.io/metadata.name"  # set by Kubernetes on every namespace
+APP_NAMESPACE = "mediscale"
+OPERATOR_NAMESPACE = "kuberay-system"
+OPERATOR_POD_LABELS = {"app.kubernetes.io/name": "kuberay-operator"}  # the Helm chart's pod label
+INGRESS_NAMESPACE_LABEL = ("mediscale.io/clinician-ingress", "true")  # placeholder, README
+SERVE_PORT = 8000
+DASHBOARD_PORT = 8265
+# Ports no one outside the Ray cluster may reach (the operator: the dashboard only), and a port
+# of Ray's worker range (min-worker-port 10002 by default) standing for the internal ones.
+RAY_CONTROL_PORTS = {"gcs-server": 6379, "dashboard": DASHBOARD_PORT, "client": 10001}
+RAY_INTERNAL_PORT = 10002
+NETWORKPOLICY_SPEC_KEYS = {"podSelector", "policyTypes", "ingress", "egress"}
+NETWORKPOLICY_RULE_KEYS = {"from", "ports"}
+NETWORKPOLICY_PEER_KEYS = {"podSelector", "namespaceSelector", "ipBlock"}
+NETWORKPOLICY_PORT_KEYS = {"protocol", "port", "endPort"}
+LABEL_SELECTOR_KEYS = {"matchLabels", "matchExpressions"}
+SELECTOR_OPERATORS = {"In", "NotIn", "Exists", "DoesNotExist"}
 
 # ray.io/v1 fields (KubeRay ray-operator/apis/ray/v1, v1.4 onwards).
 RAYSERVICE_SPEC_KEYS = {
@@ -437,9 +498,12 @@ def _check_pod_template(
         problems.append(f"{cwhere}.ports: no port `metrics` 8080 (the PodMonitor scrapes it)")
     env_from = container.get("envFrom") or []
     refs = {(k, (v or {}).get("name")) for item in env_from for k, v in item.items()}
-    for ref in (("configMapRef", CONFIGMAP_NAME), ("secretRef", SECRET_NAME)):
+    secret = SERVING_S3_SECRET if rayservice else SECRET_NAME
+    for ref in (("configMapRef", CONFIGMAP_NAME), ("secretRef", secret)):
         if ref not in refs:
             problems.append(f"{cwhere}.envFrom: missing {ref[0]} {ref[1]}")
+    if rayservice:
+        problems += check_serving_container(spec, container, cwhere)
     claims = {v.get("name"): _get(v, "persistentVolumeClaim", "claimName") for v in spec.get("volumes") or []}
     mounts = {m.get("mountPath"): m.get("name") for m in container.get("volumeMounts") or []}
     if claims.get(mounts.get(SHARED_MOUNT)) != PVC_NAME:
@@ -460,6 +524,107 @@ def _check_pod_template(
             f"proxy ({SERVE_HEALTH_PATH}), or unhealthy workers keep receiving traffic"
         )
     return problems
+
+
+def _env(container: dict) -> dict[str, dict]:
+    return {e.get("name"): e for e in container.get("env") or [] if isinstance(e, dict)}
+
+
+def _secret_key_ref(env_var: dict | None) -> tuple[str | None, str | None]:
+    ref = _get(env_var, "valueFrom", "secretKeyRef") or {}
+    return ref.get("name"), ref.get("key")
+
+
+def check_serving_container(pod: dict, container: dict, where: str) -> list[str]:
+    """A RayService pod (Serve runs on head and workers): read-only S3 keys from their own Secret
+    and never mediscale-secrets' read-write ones, the rest of mediscale-secrets key by key, the
+    proxy's auth gate, no MLflow model code execution, and the API key file mounted read-only."""
+    problems = []
+    refs = {(k, (v or {}).get("name")) for item in container.get("envFrom") or [] for k, v in item.items()}
+    if ("secretRef", SECRET_NAME) in refs:
+        problems.append(
+            f"{where}.envFrom: secretRef {SECRET_NAME} gives serving the read-write S3 keys; serving takes "
+            f"them from {SERVING_S3_SECRET} and the other keys of {SECRET_NAME} one by one (secretKeyRef)"
+        )
+    env = _env(container)
+    for key in sorted(S3_KEYS & set(env)):
+        name, _ = _secret_key_ref(env[key])
+        if name != SERVING_S3_SECRET:
+            problems.append(
+                f"{where}.env.{key}: from {name or 'a literal value'}; serving's S3 keys come only from "
+                f"{SERVING_S3_SECRET} (read-only), never {SECRET_NAME}"
+            )
+    for key in sorted(SECRET_KEYS - S3_KEYS):
+        if _secret_key_ref(env.get(key)) != (SECRET_NAME, key):
+            problems.append(f"{where}.env.{key}: missing (valueFrom.secretKeyRef {SECRET_NAME}/{key})")
+    for key, value in SERVING_ENV.items():
+        actual = (env.get(key) or {}).get("value")
+        if actual != value:
+            problems.append(f"{where}.env.{key}: {actual!r}, want {value!r} on every serving pod")
+    if "MEDISCALE_ENV" in env and (env["MEDISCALE_ENV"] or {}).get("value") != "production":
+        problems.append(f"{where}.env.MEDISCALE_ENV: overrides the ConfigMap's production")
+    mounts = [
+        m
+        for m in container.get("volumeMounts") or []
+        if m.get("mountPath") == API_KEYS_FILE or API_KEYS_FILE.startswith(str(m.get("mountPath")) + "/")
+    ]
+    if not mounts:
+        return [*problems, f"{where}.volumeMounts: the API key file {API_KEYS_FILE} is not mounted"]
+    mount = mounts[-1]
+    if mount.get("readOnly") is not True:
+        problems.append(
+            f"{where}.volumeMounts {mount.get('mountPath')}: the key file must be mounted readOnly: true"
+        )
+    if mount.get("subPath"):
+        problems.append(
+            f"{where}.volumeMounts {mount.get('mountPath')}: no subPath (it never sees a rolled Secret)"
+        )
+    volume = next((v for v in pod.get("volumes") or [] if v.get("name") == mount.get("name")), {})
+    if _get(volume, "secret", "secretName") != API_KEYS_SECRET:
+        problems.append(
+            f"{where}: volume {mount.get('name')!r} (the key file) is not Secret {API_KEYS_SECRET}"
+        )
+    else:
+        relative = API_KEYS_FILE[len(str(mount.get("mountPath"))) :].lstrip("/")
+        items = _get(volume, "secret", "items")
+        paths = (
+            {i.get("path"): i.get("key") for i in items}
+            if items
+            else {API_KEYS_SECRET_KEY: API_KEYS_SECRET_KEY}
+        )
+        if paths.get(relative) != API_KEYS_SECRET_KEY:
+            problems.append(
+                f"{where}: {API_KEYS_FILE} is not the key {API_KEYS_SECRET_KEY} of {API_KEYS_SECRET}"
+            )
+    return problems
+
+
+def check_token_auth(spec: dict, where: str) -> list[str]:
+    """Ray token auth: KubeRay's authOptions with an explicit `mode: token`, or (for an operator
+    without authOptions) RAY_AUTH_MODE=token and RAY_AUTH_TOKEN from a Secret on every Ray container."""
+    auth = spec.get("authOptions")
+    if auth is not None:
+        problems = _unknown(auth, AUTH_OPTIONS_KEYS, f"{where}.authOptions")
+        if not isinstance(auth, dict):
+            return problems
+        if auth.get("mode") not in AUTH_MODES:
+            problems.append(f"{where}.authOptions.mode: {auth.get('mode')!r} not in {sorted(AUTH_MODES)}")
+        elif auth["mode"] != "token":
+            problems.append(f"{where}.authOptions.mode: {auth['mode']!r}: Ray token auth is required (token)")
+        if auth.get("enableK8sTokenAuth") and auth.get("secretName"):
+            problems.append(f"{where}.authOptions: enableK8sTokenAuth and secretName exclude each other")
+        return problems
+    groups = [spec.get("headGroupSpec") or {}, *(spec.get("workerGroupSpecs") or [])]
+    for group in groups:
+        env = _env(ray_container(group))
+        if (env.get("RAY_AUTH_MODE") or {}).get("value") != "token" or None in _secret_key_ref(
+            env.get("RAY_AUTH_TOKEN")
+        ):
+            return [
+                f"{where}: no Ray token auth: set authOptions {{mode: token, secretName: {RAY_AUTH_SECRET}}} "
+                "(or RAY_AUTH_MODE=token and RAY_AUTH_TOKEN from a Secret on every Ray container)"
+            ]
+    return []
 
 
 def check_cluster_spec(spec: Any, where: str, ray_version: str, *, rayservice: bool = False) -> list[str]:
@@ -518,6 +683,7 @@ def check_cluster_spec(spec: Any, where: str, ray_version: str, *, rayservice: b
         )
     if head_params.get("dashboard-host") != "0.0.0.0":
         problems.append(f"{where}.headGroupSpec.rayStartParams.dashboard-host: want 0.0.0.0")
+    problems += check_token_auth(spec, where)
     return problems
 
 
@@ -830,6 +996,25 @@ def check_rayjob(manifest: Manifest, ray_version: str) -> list[str]:
     if not isinstance(ttl, int) or ttl <= 0:
         problems.append(f"{where}.spec.ttlSecondsAfterFinished: want a positive integer, got {ttl!r}")
     problems += check_cluster_spec(spec.get("rayClusterSpec"), f"{where}.spec.rayClusterSpec", ray_version)
+    submitter = spec.get("submitterPodTemplate")
+    if submitter is not None:
+        swhere = f"{where}.spec.submitterPodTemplate"
+        pod = _get(submitter, "spec") or {}
+        problems += _unknown(pod, POD_SPEC_KEYS, f"{swhere}.spec")
+        if pod.get("restartPolicy") not in ("Never", "OnFailure"):
+            problems.append(f"{swhere}.spec.restartPolicy: a Job's pod needs Never (or OnFailure)")
+        containers = pod.get("containers") or []
+        if not containers:
+            problems.append(f"{swhere}.spec.containers: missing")
+        for i, container in enumerate(containers):
+            problems += _unknown(container, CONTAINER_KEYS, f"{swhere}.containers[{i}]")
+            if not _get(container, "resources", "limits"):
+                problems.append(f"{swhere}.containers[{i}]: resources.limits missing")
+        if _get(submitter, "metadata", "labels", SUBMITTER_LABEL) != _get(doc, "metadata", "name"):
+            problems.append(
+                f"{swhere}.metadata.labels: {SUBMITTER_LABEL}: {_get(doc, 'metadata', 'name')} missing "
+                "(the NetworkPolicy admits the submitter to the dashboard port by it)"
+            )
     return problems
 
 
@@ -945,7 +1130,23 @@ def check_configmap(manifest: Manifest) -> list[str]:
     for key in data:
         if re.search(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|USERNAME", key):
             problems.append(f"{manifest.where}: {key} is a credential: it belongs in Secret {SECRET_NAME}")
+    for key, value in data.items():
+        if isinstance(value, str) and not plain_http_allowed(key, value):
+            problems.append(
+                f"{manifest.where}: {key}={value!r} is plain http: use https (TLS in front of the service)"
+            )
     return problems
+
+
+def plain_http_allowed(key: str, value: str) -> bool:
+    """False for an http:// URL to anything but the pod itself or an allowed in-namespace Service."""
+    if not value.strip().lower().startswith("http://"):
+        return True
+    host = (urlsplit(value.strip()).hostname or "").lower()
+    services = PLAIN_HTTP_SERVICES.get(key, ())
+    return host in LOCAL_HOSTS or any(
+        host in (s, f"{s}.{APP_NAMESPACE}") or host.startswith(f"{s}.{APP_NAMESPACE}.svc") for s in services
+    )
 
 
 def check_secret_template(manifest: Manifest) -> list[str]:
@@ -955,8 +1156,11 @@ def check_secret_template(manifest: Manifest) -> list[str]:
     if doc.get("data"):
         problems.append(f"{where}.data: base64 values in a template; use stringData placeholders")
     values = doc.get("stringData") or {}
-    if set(values) != SECRET_KEYS:
-        problems.append(f"{where}.stringData: keys {sorted(values)}, want {sorted(SECRET_KEYS)}")
+    name = _get(doc, "metadata", "name")
+    if name not in SECRET_TEMPLATES:
+        problems.append(f"{where}: unexpected Secret {name!r} (known: {sorted(SECRET_TEMPLATES)})")
+    elif set(values) != SECRET_TEMPLATES[name]:
+        problems.append(f"{where}.stringData: keys {sorted(values)}, want {sorted(SECRET_TEMPLATES[name])}")
     for key, value in values.items():
         if not (isinstance(value, str) and PLACEHOLDER.match(value)):
             problems.append(f"{where}.stringData.{key}: not a <placeholder>: templates never hold values")
@@ -1000,6 +1204,323 @@ def check_podmonitors(manifests: list[Manifest]) -> list[str]:
     return problems
 
 
+# ---------------------------------------------------------------- NetworkPolicies
+
+
+def _check_selector(selector: Any, where: str) -> list[str]:
+    """A metav1.LabelSelector: string label values (YAML `true` is a bool: quote it), valid operators."""
+    if not isinstance(selector, dict):
+        return [f"{where}: expected a mapping, got {type(selector).__name__}"]
+    problems = _unknown(selector, LABEL_SELECTOR_KEYS, where)
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if not isinstance(value, str):
+            problems.append(f"{where}.matchLabels.{key}: {value!r} must be a string (quote it)")
+    for i, expr in enumerate(selector.get("matchExpressions") or []):
+        at = f"{where}.matchExpressions[{i}]"
+        operator, values = expr.get("operator"), expr.get("values")
+        if not expr.get("key") or operator not in SELECTOR_OPERATORS:
+            problems.append(f"{at}: needs a key and an operator in {sorted(SELECTOR_OPERATORS)}")
+        elif operator in ("In", "NotIn") and not values:
+            problems.append(f"{at}: {operator} needs values")
+        elif operator in ("Exists", "DoesNotExist") and values:
+            problems.append(f"{at}: {operator} takes no values")
+    return problems
+
+
+def check_networkpolicy(manifest: Manifest) -> list[str]:
+    """networking.k8s.io/v1 fields, and no rule that admits everyone: a rule without `from`, an
+    empty peer, `namespaceSelector: {}` or an ipBlock of the whole internet."""
+    doc, where = manifest.doc, manifest.where
+    spec = doc.get("spec")
+    if not isinstance(spec, dict):
+        return [f"{where}.spec: missing"]
+    problems = _unknown(spec, NETWORKPOLICY_SPEC_KEYS, f"{where}.spec")
+    if "podSelector" not in spec:
+        problems.append(f"{where}.spec.podSelector: required ({{}} selects every pod of the namespace)")
+    else:
+        problems += _check_selector(spec["podSelector"], f"{where}.spec.podSelector")
+    types_ = spec.get("policyTypes")
+    if not isinstance(types_, list) or not types_ or not set(types_) <= {"Ingress", "Egress"}:
+        problems.append(f"{where}.spec.policyTypes: {types_!r}; list Ingress and/or Egress explicitly")
+    for i, rule in enumerate(spec.get("ingress") or []):
+        at = f"{where}.spec.ingress[{i}]"
+        problems += _unknown(rule, NETWORKPOLICY_RULE_KEYS, at)
+        if not isinstance(rule, dict):
+            continue
+        if not rule.get("from"):
+            problems.append(f"{at}: no `from`: admits every source, in and outside the cluster")
+        for j, peer in enumerate(rule.get("from") or []):
+            pat = f"{at}.from[{j}]"
+            problems += _unknown(peer, NETWORKPOLICY_PEER_KEYS, pat)
+            if not isinstance(peer, dict):
+                continue
+            if not peer:
+                problems.append(f"{pat}: empty peer")
+            if peer.get("namespaceSelector") == {}:
+                problems.append(f"{pat}.namespaceSelector: {{}} admits every namespace")
+            if _get(peer, "ipBlock", "cidr") in ("0.0.0.0/0", "::/0"):
+                problems.append(f"{pat}.ipBlock: {peer['ipBlock']['cidr']} admits every address")
+            for key in ("podSelector", "namespaceSelector"):
+                if peer.get(key):
+                    problems += _check_selector(peer[key], f"{pat}.{key}")
+        for j, port in enumerate(rule.get("ports") or []):
+            pat = f"{at}.ports[{j}]"
+            problems += _unknown(port, NETWORKPOLICY_PORT_KEYS, pat)
+            if isinstance(port, dict) and port.get("protocol", "TCP") not in ("TCP", "UDP", "SCTP"):
+                problems.append(f"{pat}.protocol: {port.get('protocol')!r}")
+    return problems
+
+
+def selector_matches(selector: dict | None, labels: dict[str, str]) -> bool:
+    """Kubernetes label selector semantics ({} matches everything)."""
+    selector = selector or {}
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expr in selector.get("matchExpressions") or []:
+        key, operator, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
+        present = key in labels
+        if (
+            (operator == "In" and labels.get(key) not in values)
+            or (operator == "NotIn" and present and labels[key] in values)
+            or (operator == "Exists" and not present)
+            or (operator == "DoesNotExist" and present)
+        ):
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a connection comes from: a pod's labels and its namespace's labels."""
+
+    what: str
+    namespace: tuple[tuple[str, str], ...]
+    pod: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, what: str, namespace: str | dict[str, str], pod: dict[str, str] | None = None) -> Source:
+        ns = {NS_NAME_LABEL: namespace} if isinstance(namespace, str) else namespace
+        return cls(what, tuple(sorted(ns.items())), tuple(sorted((pod or {}).items())))
+
+
+def _peer_admits(peer: dict, source: Source) -> bool:
+    if "ipBlock" in peer:
+        return True  # an address range may hold anything: counted as open
+    namespace, pod = dict(source.namespace), dict(source.pod)
+    if "namespaceSelector" not in peer and namespace.get(NS_NAME_LABEL) != APP_NAMESPACE:
+        return False  # a bare podSelector selects pods of the policy's own namespace
+    if "namespaceSelector" in peer and not selector_matches(peer["namespaceSelector"], namespace):
+        return False
+    return "podSelector" not in peer or selector_matches(peer["podSelector"], pod)
+
+
+def _port_covers(entry: dict, port: int, named: dict[str, int]) -> bool:
+    if entry.get("protocol", "TCP") != "TCP":
+        return False
+    value = entry.get("port")
+    if value is None:
+        return True
+    number = named.get(value) if isinstance(value, str) else value
+    return number is not None and number <= port <= entry.get("endPort", number)
+
+
+def ingress_admits(
+    policies: list[dict],
+    pod: dict[str, str],
+    port: int,
+    source: Source,
+    named: dict[str, int] | None = None,
+) -> bool:
+    """Whether the NetworkPolicies (of the app namespace) let `source` reach `port` of a pod with
+    these labels: open unless an Ingress policy selects the pod, then the union of their rules."""
+    selecting = [
+        p
+        for p in policies
+        if "Ingress" in (_get(p, "spec", "policyTypes") or ["Ingress"])
+        and selector_matches(_get(p, "spec", "podSelector"), pod)
+    ]
+    if not selecting:
+        return True
+    for policy in selecting:
+        for rule in _get(policy, "spec", "ingress") or []:
+            ports = rule.get("ports") or [{}]
+            if not any(_port_covers(entry, port, named or {}) for entry in ports):
+                continue
+            if not rule.get("from") or any(_peer_admits(peer, source) for peer in rule["from"]):
+                return True
+    return False
+
+
+@dataclass(frozen=True)
+class RayPods:
+    """The pods of one group of a Ray cluster manifest, as KubeRay labels them."""
+
+    where: str
+    cluster: str  # the RayService/RayCluster/RayJob name
+    head: bool
+    labels: dict[str, str]
+    ports: dict[str, int]
+
+
+def ray_pods(manifests: list[Manifest]) -> list[RayPods]:
+    out = []
+    for m in manifests:
+        spec = cluster_spec(m)
+        if not isinstance(spec, dict):
+            continue
+        name = _get(m.doc, "metadata", "name")
+        groups = [("head", spec.get("headGroupSpec") or {})]
+        groups += [(str(g.get("groupName")), g) for g in spec.get("workerGroupSpecs") or []]
+        for group_name, group in groups:
+            labels = dict(_get(group, "template", "metadata", "labels") or {})
+            labels["ray.io/node-type"] = "head" if group_name == "head" else "worker"
+            labels["ray.io/group"] = "headgroup" if group_name == "head" else group_name
+            ports = {p.get("name"): p.get("containerPort") for p in ray_container(group).get("ports") or []}
+            out.append(RayPods(f"{m.where} {group_name}", name, group_name == "head", labels, ports))
+    return out
+
+
+def _submitter(manifest: Manifest) -> Source | None:
+    spec = manifest.doc.get("spec") or {}
+    if manifest.doc.get("kind") != "RayJob" or spec.get("submissionMode") != "K8sJobMode":
+        return None
+    labels = _get(spec, "submitterPodTemplate", "metadata", "labels") or {}
+    return Source.of(f"the submitter pod of {manifest.where}", APP_NAMESPACE, labels)
+
+
+def check_network_policies(manifests: list[Manifest]) -> list[str]:
+    """Ingress is denied by default; each Ray cluster's GCS, dashboard/Jobs API, client and internal
+    ports admit only its own pods (its RayJob submitter and the operator: the dashboard port); Serve
+    admits the ingress namespace and the monitor jobs; Prometheus reaches the scraped ports."""
+    policies = [m.doc for m in manifests if m.doc.get("kind") == "NetworkPolicy"]
+    if not policies:
+        return ["kuberay/: no NetworkPolicy: every Ray port is open to the whole cluster"]
+    problems = []
+    if not any(
+        _get(p, "spec", "podSelector") in ({}, {"matchLabels": {}})
+        and "Ingress" in (_get(p, "spec", "policyTypes") or [])
+        and not _get(p, "spec", "ingress")
+        for p in policies
+    ):
+        problems.append(
+            "kuberay/: no default-deny ingress NetworkPolicy (podSelector {}, policyTypes [Ingress], no rule)"
+        )
+    pods = ray_pods(manifests)
+    others = [p for p in policies if _get(p, "spec", "ingress")]  # all but the default deny
+    operator = Source.of("the KubeRay operator", OPERATOR_NAMESPACE, OPERATOR_POD_LABELS)
+    strangers = [
+        Source.of("pods of other namespaces", "default", {}),
+        Source.of("the ingress namespace", {NS_NAME_LABEL: "ingress", INGRESS_NAMESPACE_LABEL[0]: "true"}),
+        Source.of("unlabelled pods of the namespace", APP_NAMESPACE, {}),
+    ]
+    monitoring = {
+        _get(m.doc, "metadata", "namespace") for m in manifests if m.doc.get("kind") == "PodMonitor"
+    }
+    strangers += [Source.of(f"Prometheus ({ns})", ns) for ns in sorted(n for n in monitoring if n)]
+    submitters = {_get(m.doc, "metadata", "name"): _submitter(m) for m in manifests if _submitter(m)}
+    for pod in pods:
+        if pod.labels.get(CLUSTER_LABEL) != pod.cluster:
+            problems.append(
+                f"{pod.where}: pod template label {CLUSTER_LABEL}: {pod.cluster} missing (the "
+                "NetworkPolicies select Ray pods by it)"
+            )
+            continue
+        if not any(selector_matches(_get(p, "spec", "podSelector"), pod.labels) for p in others):
+            problems.append(f"{pod.where}: no NetworkPolicy (but the default deny) selects these Ray pods")
+        peers = [p for p in pods if p.cluster == pod.cluster]
+        outsiders = [*strangers]
+        outsiders += [
+            Source.of(f"pods of {p.where}", APP_NAMESPACE, p.labels) for p in pods if p.cluster != pod.cluster
+        ]
+        outsiders += [s for name, s in submitters.items() if name != pod.cluster]
+        ports = {"internal": RAY_INTERNAL_PORT, **(RAY_CONTROL_PORTS if pod.head else {})}
+        for port_name, port in ports.items():
+            for peer in peers:
+                own = Source.of(peer.where, APP_NAMESPACE, peer.labels)
+                if not ingress_admits(policies, pod.labels, port, own, pod.ports):
+                    problems.append(f"{pod.where}: {peer.where} cannot reach port {port} ({port_name})")
+                    break
+            opened = [s.what for s in outsiders if ingress_admits(policies, pod.labels, port, s, pod.ports)]
+            if opened:
+                more = f" (+{len(opened) - 2} more)" if len(opened) > 2 else ""
+                problems.append(
+                    f"{pod.where}: port {port} ({port_name}) is open to {', '.join(opened[:2])}{more}; only "
+                    "the pods of the same Ray cluster (on the dashboard port also its submitter and the "
+                    "operator) may reach it"
+                )
+            for source in (operator, submitters.get(pod.cluster)):  # the dashboard port, only it
+                if source is None or not pod.head:
+                    continue
+                opened = ingress_admits(policies, pod.labels, port, source, pod.ports)
+                if port == DASHBOARD_PORT and not opened:
+                    problems.append(f"{pod.where}: {source.what} cannot reach the dashboard port {port}")
+                elif port != DASHBOARD_PORT and opened:
+                    problems.append(f"{pod.where}: port {port} ({port_name}) is open to {source.what}")
+    problems += _check_serve_reachability(manifests, policies, pods)
+    problems += _check_scrape_reachability(manifests, policies, pods)
+    return problems
+
+
+def _check_serve_reachability(
+    manifests: list[Manifest], policies: list[dict], pods: list[RayPods]
+) -> list[str]:
+    """Serve's port on the RayService's workers: open to the ingress namespace and the monitor
+    RayJobs (MEDISCALE_SERVICE_URL), closed to other namespaces."""
+    services = {_get(m.doc, "metadata", "name") for m in manifests if m.doc.get("kind") == "RayService"}
+    ingress = Source.of(
+        "the clinician ingress namespace", {NS_NAME_LABEL: "ingress", INGRESS_NAMESPACE_LABEL[0]: "true"}
+    )
+    monitor_jobs = {
+        _get(m.doc, "metadata", "name")
+        for m in manifests
+        if m.doc.get("kind") == "RayJob"
+        and str(_get(m.doc, "spec", "entrypoint")).startswith("python -m monitor ")
+    }
+    clients = [
+        Source.of(f"the monitor job {p.where}", APP_NAMESPACE, p.labels)
+        for p in pods
+        if p.cluster in monitor_jobs and p.head  # the entrypoint (the client) runs on the head
+    ]
+    strangers = [
+        Source.of("pods of other namespaces", "default"),
+        Source.of("Prometheus", "prometheus-system"),
+    ]
+    problems = []
+    for pod in pods:
+        if pod.cluster not in services or pod.head:
+            continue
+        for source in [ingress, *clients]:
+            if not ingress_admits(policies, pod.labels, SERVE_PORT, source, pod.ports):
+                problems.append(f"{pod.where}: {source.what} cannot reach Serve ({SERVE_PORT})")
+        for source in strangers:
+            if ingress_admits(policies, pod.labels, SERVE_PORT, source, pod.ports):
+                problems.append(f"{pod.where}: Serve ({SERVE_PORT}) is open to {source.what}")
+    return problems
+
+
+def _check_scrape_reachability(
+    manifests: list[Manifest], policies: list[dict], pods: list[RayPods]
+) -> list[str]:
+    """Every port a PodMonitor scrapes is open to Prometheus's namespace (the PodMonitor's)."""
+    problems = []
+    for m in manifests:
+        if m.doc.get("kind") != "PodMonitor":
+            continue
+        namespace = _get(m.doc, "metadata", "namespace") or APP_NAMESPACE
+        prometheus = Source.of(f"Prometheus ({namespace})", namespace)
+        selector = _get(m.doc, "spec", "selector") or {}
+        for pod in pods:
+            if not selector_matches(selector, pod.labels):
+                continue
+            for endpoint in _get(m.doc, "spec", "podMetricsEndpoints") or []:
+                port = pod.ports.get(endpoint.get("port"))
+                if port is not None and not ingress_admits(policies, pod.labels, port, prometheus, pod.ports):
+                    problems.append(
+                        f"{pod.where}: {prometheus.what} cannot scrape {endpoint.get('port')} ({port})"
+                    )
+    return problems
+
+
 # ---------------------------------------------------------------- all manifests
 
 
@@ -1040,6 +1561,8 @@ def check_manifest(
         problems += check_secret_template(manifest)
     elif kind == "PersistentVolumeClaim":
         problems += check_pvc(manifest)
+    elif kind == "NetworkPolicy":
+        problems += check_networkpolicy(manifest)
     return problems
 
 
@@ -1127,14 +1650,55 @@ def check_manifests(manifests: list[Manifest], ray_version: str) -> list[str]:
     problems = [p for m in manifests for p in check_manifest(m, ray_version)]
     problems += check_podmonitors(manifests)
     problems += check_watch_wiring(manifests)
+    problems += check_network_policies(manifests)
+    problems += check_secret_refs(manifests)
     kinds = {m.doc.get("kind") for m in manifests if isinstance(m.doc, dict)}
     problems += [f"kuberay/: no {k} manifest" for k in sorted(set(KIND_API_VERSIONS) - kinds)]
     names = {
         (m.doc.get("kind"), _get(m.doc, "metadata", "name")) for m in manifests if isinstance(m.doc, dict)
     }
-    for ref in (("ConfigMap", CONFIGMAP_NAME), ("Secret", SECRET_NAME), ("PersistentVolumeClaim", PVC_NAME)):
+    for ref in (("ConfigMap", CONFIGMAP_NAME), ("PersistentVolumeClaim", PVC_NAME)):
         if ref not in names:
             problems.append(f"kuberay/: the pods refer to {ref[0]} {ref[1]}, which no manifest defines")
+    return problems
+
+
+def secret_refs(obj: Any) -> Iterator[tuple[str, str | None]]:
+    """(Secret name, key or None for all keys) of every reference in a document: envFrom secretRef,
+    env secretKeyRef, secret volumes (their items) and KubeRay's authOptions.secretName."""
+    if isinstance(obj, dict):
+        if isinstance(obj.get("secretRef"), dict):
+            yield obj["secretRef"].get("name"), None
+        if isinstance(obj.get("secretKeyRef"), dict):
+            yield obj["secretKeyRef"].get("name"), obj["secretKeyRef"].get("key")
+        if isinstance(obj.get("secret"), dict) and obj["secret"].get("secretName"):
+            items = obj["secret"].get("items") or [{}]
+            yield from ((obj["secret"]["secretName"], item.get("key")) for item in items)
+        if isinstance(obj.get("authOptions"), dict) and obj["authOptions"].get("secretName"):
+            yield obj["authOptions"]["secretName"], RAY_AUTH_SECRET_KEY
+        for value in obj.values():
+            yield from secret_refs(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from secret_refs(value)
+
+
+def check_secret_refs(manifests: list[Manifest]) -> list[str]:
+    """Every Secret (and key) the pods and clusters name is in the templates of secret.example.yaml."""
+    templates = {
+        _get(m.doc, "metadata", "name"): set(m.doc.get("stringData") or {})
+        for m in manifests
+        if m.doc.get("kind") == "Secret"
+    }
+    problems = []
+    for m in manifests:
+        for name, key in sorted(set(secret_refs(m.doc)), key=str):
+            if name not in templates:
+                problems.append(f"{m.where}: refers to Secret {name!r}, which no manifest (template) defines")
+            elif key is not None and key not in templates[name]:
+                problems.append(
+                    f"{m.where}: refers to key {key!r} of Secret {name!r}, which it does not hold"
+                )
     return problems
 
 
@@ -1170,6 +1734,12 @@ def check_launcher(config: Any, ray_version: str) -> list[str]:
             problems += check_image(image, ray_version, f"raycluster.yaml node type {name}", gpu=gpu)
     for where, image in iter_images(config):
         problems += check_image(image, ray_version, f"raycluster.yaml {where}")
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        commands = [c for c in config.get(key) or [] if "ray start" in str(c)]
+        if not commands or any("RAY_AUTH_MODE=token" not in str(c) for c in commands):
+            problems.append(
+                f"raycluster.yaml {key}: `ray start` must run with RAY_AUTH_MODE=token (token auth)"
+            )
     mounted = [remote for remote, local in (config.get("file_mounts") or {}).items() if local in (".", "./")]
     if not mounted:
         problems.append("raycluster.yaml file_mounts: the working tree ('.') is not synced to the nodes")

@@ -40,11 +40,12 @@ class _Score:
         import mlflow
 
         from ml import registry
+        from ml.tabular import TabularPredictor
 
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
         self.name, self.version = name, version
-        self.predictor = registry.load_version(name, version).unwrap_python_model().predictor
+        self.predictor = registry.load_verified(name, version, TabularPredictor.load)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         out = pd.DataFrame(
@@ -62,13 +63,14 @@ def score_features(
     import ray.data
 
     from ml import registry
+    from ml.tabular import TabularPredictor
 
     started = time.perf_counter()
     manifest = verify_feature_folder(features, need_positives=False)
     name, which = parse_model_ref(model)
     uri = registry.configure()
     version = registry.resolve(name, which)
-    predictor = registry.load_version(name, version).unwrap_python_model().predictor
+    predictor = registry.load_verified(name, version, TabularPredictor.load)
     lacking = [c for c in predictor.feature_names if c not in {f["name"] for f in manifest["features"]}]
     if lacking:
         raise FeatureFolderError(f"{features}: lacks the model's feature column(s) {lacking}")

@@ -11,7 +11,7 @@ from data.runtime import init_ray, setup_logging, user_errors
 
 app = typer.Typer(help="MediScale models: training and the MLflow registry.", no_args_is_help=True)
 registry_app = typer.Typer(
-    help="Registered models and their champion/challenger aliases.", no_args_is_help=True
+    help="Registered models, their approval and their champion/challenger aliases.", no_args_is_help=True
 )
 app.add_typer(registry_app, name="registry")
 log = logging.getLogger("ml")
@@ -63,7 +63,9 @@ def score(
 @user_errors
 def train_tabular(
     features: str = typer.Option(..., help="Feature folder (local path or s3://)."),
-    register: bool = typer.Option(False, help="Register the model (alias challenger; champion if first)."),
+    register: bool = typer.Option(
+        False, help="Register the model, pending approval (the first version becomes champion)."
+    ),
     metrics_out: Path | None = typer.Option(None, help="Write the test metrics here as JSON."),
     model_name: str = typer.Option("readmission-tabular", help="Registered model name."),
     num_workers: int = typer.Option(1, min=1, help="Ray Train workers."),
@@ -107,7 +109,9 @@ def train_notes(
         "sentence-transformers/all-MiniLM-L6-v2",
         help="Hugging Face id or local folder; production: emilyalsentzer/Bio_ClinicalBERT.",
     ),
-    register: bool = typer.Option(False, help="Register the model (alias challenger; champion if first)."),
+    register: bool = typer.Option(
+        False, help="Register the model, pending approval (the first version becomes champion)."
+    ),
     model_name: str | None = typer.Option(None, help="Registered name (default per task)."),
     metrics_out: Path | None = typer.Option(None, help="Write the test metrics here as JSON."),
     sample: int | None = typer.Option(None, min=10, help="Train on at most this many rows (quick runs)."),
@@ -169,7 +173,8 @@ def train_notes(
 @registry_app.command("list")
 @user_errors
 def list_models() -> None:
-    """Every registered version with its aliases."""
+    """Every registered version with its aliases and approval state (pending, approved, rejected,
+    bootstrap; `-` for versions registered before approvals)."""
     from ml import registry
 
     registry.configure()
@@ -199,3 +204,84 @@ def rollback(model: str = typer.Option(..., help="Registered model name.")) -> N
     registry.configure()
     info = registry.rollback(model)
     typer.echo(f"{info.name} v{info.version} is {registry.CHAMPION} again")
+
+
+def _audit_approval(info, decision: str, approver: str, reason: str, store_url: str | None) -> None:
+    """The approval's row in the audit table (monitor_events, kind `approval`); MLflow already has it,
+    so an unreachable store is a loud warning, not a failure."""
+    from data.config import Settings
+    from monitor.decide import code_version
+    from serve import control
+    from serve.store import PredictionStore, StoreError
+
+    url = store_url or Settings.from_env().resolved_store_url()
+    try:
+        with PredictionStore(url) as store:
+            event_id = control.log_approval(
+                store, decision, info.name, info.version, approver, reason, code_version()
+            )
+    except Exception as err:  # the store's kind of failure only: its message may hold the URL
+        why = str(err) if isinstance(err, StoreError) else type(err).__name__
+        typer.echo(
+            f"WARNING: {info.name} v{info.version} is {decision} in MLflow, but the audit row was NOT "
+            f"written to the prediction store ({why}). Record it in the audit trail by hand.",
+            err=True,
+        )
+        return
+    typer.echo(f"audit: monitor_events #{event_id} ({decision} by {approver})")
+
+
+APPROVER_OPT = typer.Option(..., "--by", help="Who decides: a named person (recorded).")
+REASON_OPT = typer.Option(..., "--reason", help="Why (recorded with the decision).")
+AUDIT_STORE_OPT = typer.Option(
+    None,
+    "--store-url",
+    help="Prediction store for the audit row; default MEDISCALE_STORE_URL or the data dir.",
+)
+
+
+@registry_app.command("approve")
+@user_errors
+def approve(
+    model: str = typer.Argument(..., metavar="NAME", help="Registered model name."),
+    version: str = typer.Argument(..., metavar="VERSION", help="Version number to approve."),
+    by: str = APPROVER_OPT,
+    reason: str = REASON_OPT,
+    store_url: str | None = AUDIT_STORE_OPT,
+) -> None:
+    """Approve VERSION for patients: it becomes the challenger (its configured share of traffic
+    within one alias refresh). Recorded as version tags, in the model's approval history and as an
+    `approval` row of the audit table. Rejected versions cannot be approved."""
+    from ml import registry
+
+    registry.configure()
+    info = registry.approve(model, version, by, reason)
+    typer.echo(
+        f"{info.name} v{info.version} approved by {info.tags.get('approved_by')} at "
+        f"{info.tags.get('approved_at')}: now {registry.CHALLENGER} (aliases: {', '.join(info.aliases)})"
+    )
+    _audit_approval(info, registry.APPROVED, info.tags.get("approved_by", by), reason.strip(), store_url)
+
+
+@registry_app.command("reject")
+@user_errors
+def reject(
+    model: str = typer.Argument(..., metavar="NAME", help="Registered model name."),
+    version: str = typer.Argument(..., metavar="VERSION", help="Version number to reject."),
+    by: str = APPROVER_OPT,
+    reason: str = REASON_OPT,
+    store_url: str | None = AUDIT_STORE_OPT,
+) -> None:
+    """Reject VERSION: it can never be approved or promoted (register a new version instead). A
+    rejected challenger is withdrawn (challenger goes back to the champion's version). Audited like
+    approve."""
+    from ml import registry
+
+    registry.configure()
+    info = registry.reject(model, version, by, reason)
+    aliases = ", ".join(info.aliases) or "none"
+    typer.echo(
+        f"{info.name} v{info.version} rejected by {info.tags.get('rejected_by')} at "
+        f"{info.tags.get('rejected_at')} (aliases now: {aliases})"
+    )
+    _audit_approval(info, registry.REJECTED, info.tags.get("rejected_by", by), reason.strip(), store_url)

@@ -1,8 +1,9 @@
 """One tracked training run: train, evaluate on test, log to MLflow, optionally register.
 
-The model is logged as an MLflow pyfunc whose artifacts are the predictor's own files
-(booster, preprocessor, calibrator), so `models:/readmission-tabular@champion` loads the
-exact object evaluated here; `unwrap_python_model().predictor` gives explanations too.
+The model is logged as an MLflow pyfunc "from code" (ml/pyfunc_tabular.py, nothing pickled) whose
+`predictor` artifact is the predictor's own files (booster, preprocessor, calibrator); registration
+records their digest. `load_predictor` loads that checked folder directly (with explanations), as
+serving does: never through the pyfunc.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import pandas as pd
 
 from data.featureset import read_split_pandas
 from ml import metrics, registry
+from ml.pyfunc_notes import NotePyfunc
+from ml.pyfunc_tabular import TabularPyfunc  # noqa: F401  (pickled older versions name it here)
 from ml.tabular import REFERENCE_ROWS, TabularConfig, TabularPredictor, reference_frame, train
 
 log = logging.getLogger(__name__)
@@ -27,17 +30,20 @@ TABULAR_MODEL = "readmission-tabular"
 MODEL_ARTIFACT = "model"
 
 
-class TabularPyfunc(mlflow.pyfunc.PythonModel):
-    """pyfunc face of TabularPredictor: DataFrame of features in, calibrated risk out."""
+TABULAR_CODE = Path(__file__).with_name("pyfunc_tabular.py")
+NOTE_CODE = Path(__file__).with_name("pyfunc_notes.py")
 
-    def load_context(self, context: Any) -> None:
-        self.predictor = TabularPredictor.load(context.artifacts["predictor"])
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        raw = self.predictor.predict_raw(model_input)
-        return pd.DataFrame(
-            {"risk": self.predictor.calibrator(raw), "risk_uncalibrated": raw}, index=model_input.index
-        )
+def log_pyfunc(code: Path, predictor_folder: Path, signature: Any, **options: Any) -> Any:
+    """Log a model as MLflow "models from code": `code` (the pyfunc's file) is stored instead of a
+    pickled object, and the predictor's own folder becomes its `predictor` artifact."""
+    return mlflow.pyfunc.log_model(
+        name=MODEL_ARTIFACT,
+        python_model=str(code),
+        artifacts={"predictor": str(predictor_folder)},
+        signature=signature,
+        **options,
+    )
 
 
 def default_storage_path() -> str:
@@ -48,8 +54,8 @@ def default_storage_path() -> str:
 
 
 def load_predictor(name: str = TABULAR_MODEL, alias: str = registry.CHAMPION) -> TabularPredictor:
-    """The registered predictor behind an alias (with explanations), not just its pyfunc."""
-    return registry.load(name, alias).unwrap_python_model().predictor
+    """The registered predictor behind an alias (with explanations), from its checked folder."""
+    return registry.load_verified(name, registry.version_for(name, alias), TabularPredictor.load)
 
 
 def train_tabular(
@@ -109,12 +115,7 @@ def train_tabular(
             example = test[names].head(5).astype({c: "float64" for c in numeric})
             outputs = pd.DataFrame({"risk": risk[:5], "risk_uncalibrated": raw[:5]})
             signature = mlflow.models.infer_signature(example, outputs)
-            mlflow.pyfunc.log_model(
-                name=MODEL_ARTIFACT,
-                python_model=TabularPyfunc(),
-                artifacts={"predictor": str(saved)},
-                signature=signature,
-            )
+            log_pyfunc(TABULAR_CODE, saved, signature)
         out = {
             **report.as_dict("test_"),
             "test_ece_uncalibrated": uncal_ece,
@@ -126,7 +127,12 @@ def train_tabular(
         }
         if register:
             info = registry.register(run.info.run_id, MODEL_ARTIFACT, model_name, tags={"features": features})
-            out["registered"] = {"name": info.name, "version": info.version, "aliases": info.aliases}
+            out["registered"] = {
+                "name": info.name,
+                "version": info.version,
+                "aliases": info.aliases,
+                "approval": info.tags.get(registry.APPROVAL_TAG),  # pending until `ml registry approve`
+            }
     log.info("test AUROC %.3f %s", out["test_auroc"], out["test_auroc_ci"])
     return out
 
@@ -181,34 +187,12 @@ NOTE_MODEL = "readmission-notes"
 TASK_MODEL_NAMES = {"readmission": NOTE_MODEL, "negex": "negex-negation", "mtsdialog": "mtsdialog-sections"}
 
 
-class NotePyfunc(mlflow.pyfunc.PythonModel):
-    """pyfunc face of NotePredictor: a `text` column in; risk (binary tasks) or label out."""
-
-    def load_context(self, context: Any) -> None:
-        from ml.text import NotePredictor
-
-        self.predictor = NotePredictor.load(context.artifacts["predictor"])
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        return self.score(self.predictor, model_input)
-
-    @staticmethod
-    def score(predictor: Any, model_input: pd.DataFrame) -> pd.DataFrame:
-        texts = model_input["text"].fillna("").astype(str).tolist()
-        proba = predictor.predict_proba(texts)
-        out = pd.DataFrame(
-            proba, columns=[f"p_{label}" for label in predictor.labels], index=model_input.index
-        )
-        out.insert(0, "label", [predictor.labels[i] for i in proba.argmax(axis=1)])
-        if predictor.positive is not None:
-            raw = proba[:, predictor.labels.index(predictor.positive)]
-            out.insert(0, "risk", predictor.calibrator(raw) if predictor.calibrator is not None else raw)
-        return out
-
-
 def load_note_predictor(name: str = NOTE_MODEL, alias: str = registry.CHAMPION):
-    """The registered NotePredictor behind an alias (tokenizer, calibrator and combiner included)."""
-    return registry.load(name, alias).unwrap_python_model().predictor
+    """The registered NotePredictor behind an alias (tokenizer, calibrator and combiner included),
+    from its checked folder."""
+    from ml.text import NotePredictor
+
+    return registry.load_verified(name, registry.version_for(name, alias), NotePredictor.load)
 
 
 def _tabular_risk(frame: pd.DataFrame) -> tuple[np.ndarray, str] | None:
@@ -342,12 +326,7 @@ def train_text(
             saved = predictor.save(Path(tmp) / "predictor")
             example = pd.DataFrame({"text": splits.test["text"].astype(str).head(3).tolist()})
             signature = mlflow.models.infer_signature(example, NotePyfunc.score(predictor, example))
-            mlflow.pyfunc.log_model(
-                name=MODEL_ARTIFACT,
-                python_model=NotePyfunc(),
-                artifacts={"predictor": str(saved)},
-                signature=signature,
-            )
+            log_pyfunc(NOTE_CODE, saved, signature)
         out = {
             "task": task,
             **scores,
@@ -362,6 +341,11 @@ def train_text(
             info = registry.register(
                 run.info.run_id, MODEL_ARTIFACT, model_name, tags={"task": task, **(tags or {})}
             )
-            out["registered"] = {"name": info.name, "version": info.version, "aliases": info.aliases}
+            out["registered"] = {
+                "name": info.name,
+                "version": info.version,
+                "aliases": info.aliases,
+                "approval": info.tags.get(registry.APPROVAL_TAG),  # pending until `ml registry approve`
+            }
     log.info("note model %s: %s", task, {k: v for k, v in scores.items() if "ci" not in k})
     return out

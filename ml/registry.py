@@ -2,9 +2,13 @@
 
 Every model (XGBoost tabular now, a BERT note model later) is an MLflow pyfunc model registered
 under a name such as `readmission-tabular`. Serving never asks for a version number, only for an
-alias: a new version becomes `challenger`; `champion` moves only on `promote` (or `rollback`), so
-registering a model cannot change what is served. The one exception is the very first version of
-a model, which also becomes `champion` so that a fresh install can serve something.
+alias. Registering never exposes a model to patients: a new version is tagged `approval: pending`
+and no alias moves. A named person then runs `approve` (who, when, why: version tags, an
+append-only `approval_history` model tag, and the CLI's `approval` row in the audit table), which
+moves `challenger` to it; `reject` blocks a version for good. `champion` moves only on `promote`
+(approved versions only) or `rollback`. The one exception is the very first version of a model
+(no champion yet): it becomes `champion` (and `challenger`, the same model) tagged
+`approval: bootstrap`, so that a fresh install can serve something.
 
 The champion history lives in a registered-model tag, not in this process, so a rollback works
 from any process or machine that reaches the same registry.
@@ -18,10 +22,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from data.config import Settings
 
@@ -30,12 +35,22 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 HISTORY_TAG = "champion_history"
 # Registered-model tag values are capped (5000 chars in the SQL stores): keep the newest entries only.
 HISTORY_LIMIT = 100
+# Approval: a model-version tag (`pending` on registration) and an append-only registered-model tag.
+APPROVAL_TAG = "approval"
+PENDING, APPROVED, REJECTED, BOOTSTRAP = "pending", "approved", "rejected", "bootstrap"
+EXPOSABLE = (APPROVED, BOOTSTRAP)  # the states `promote` accepts
+APPROVAL_KEYS = (APPROVAL_TAG, "approved_by", "approved_at", "approval_reason")
+REJECTION_KEYS = ("rejected_by", "rejected_at", "rejection_reason")
+APPROVALS_TAG = "approval_history"
+APPROVALS_MAX_CHARS = 4900  # registered-model tag values are String(5000) in the SQL stores
+APPROVER_MAX, REASON_MAX = 128, 500
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 
@@ -254,32 +269,58 @@ def register(
     tags: dict[str, str] | None = None,
     await_seconds: int = 60,
 ) -> VersionInfo:
-    """Register the model logged in a run as a new version of `name`: it becomes the challenger.
+    """Register the model logged in a run as a new version of `name`, tagged `approval: pending`:
+    no alias moves, so nothing new reaches patients until someone runs `approve`.
 
-    The first version of a model also becomes champion, so a fresh install has something to serve.
+    The one exception: the first version of a model (no champion yet) becomes champion (and
+    challenger, the same model), tagged `approval: bootstrap`, so a fresh install can serve.
+    `tags` may not set the approval tags (only `approve` / `reject` do).
     """
     import mlflow
 
+    reserved = sorted(set(tags or {}) & {*APPROVAL_KEYS, *REJECTION_KEYS})
+    if reserved:
+        raise RegistryError(f"tags {reserved} are set by approve/reject only, not at registration")
     client = _client()
     source = _source_uri(client, run_id, artifact_path)
-    mv = mlflow.register_model(source, name, await_registration_for=await_seconds, tags=tags or None)
+    tags = {**(tags or {}), APPROVAL_TAG: PENDING}  # with the version itself: never untagged
+    mv = mlflow.register_model(source, name, await_registration_for=await_seconds, tags=tags)
     version = str(mv.version)
-    client.set_registered_model_alias(name, CHALLENGER, version)
+    record_digest(name, version)  # refuses (and deletes) a version whose predictor holds a pickle
     if CHAMPION not in _aliases(client.get_registered_model(name)):
+        # Bootstrap: the documented exception to approval, recorded as such.
+        client.set_model_version_tag(name, version, APPROVAL_TAG, BOOTSTRAP)
+        _append_approval(client, name, version, BOOTSTRAP, "register", "first version of the model")
         client.set_registered_model_alias(name, CHAMPION, version)
-        log.info("%s v%s is the first version: champion and challenger", name, version)
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        log.info("%s v%s is the first version: champion (approval: bootstrap)", name, version)
     else:
-        log.info("%s v%s registered as challenger (from %s)", name, version, source)
+        log.info(
+            "%s v%s registered, pending approval (from %s): `python -m ml registry approve %s %s "
+            "--by NAME --reason TEXT` exposes it as challenger",
+            name, version, source, name, version,
+        )  # fmt: skip
     return _info(client, client.get_model_version(name, version))
 
 
 def promote(name: str, version: str | int) -> VersionInfo:
-    """Make `version` the champion, remembering the previous one in the model's tags for rollback."""
+    """Make `version` the champion, remembering the previous one in the model's tags for rollback.
+
+    Only an approved (or bootstrap) version can be promoted: a RegistryError says to approve first.
+    """
     client = _client()
     mv = _version(client, name, version)
     target = str(mv.version)
     model = client.get_registered_model(name)
     previous = _aliases(model).get(CHAMPION)
+    state = (mv.tags or {}).get(APPROVAL_TAG)
+    if previous != target and state not in EXPOSABLE:
+        how = (
+            "it was rejected and cannot be approved; register a new version"
+            if state == REJECTED
+            else f"approve it first: python -m ml registry approve {name} {target} --by NAME --reason TEXT"
+        )
+        raise RegistryError(f"{name} v{target} is not approved (approval: {state or 'none'}): {how}")
     if previous is not None and previous != target:
         # History first: if the alias move then fails, rollback lands on the current champion (a no-op)
         # rather than losing the way back.
@@ -306,8 +347,125 @@ def rollback(name: str) -> VersionInfo:
     return _info(client, mv)
 
 
+def _checked(approver: str, reason: str) -> tuple[str, str]:
+    who, why = (approver or "").strip(), (reason or "").strip()
+    if not who:
+        raise RegistryError("an approver is required (--by): a named person, not an empty string")
+    if not why:
+        raise RegistryError("a reason is required (--reason)")
+    if len(who) > APPROVER_MAX or len(why) > REASON_MAX:
+        raise RegistryError(f"approver at most {APPROVER_MAX} characters, reason at most {REASON_MAX}")
+    return who, why
+
+
+def approvals(model: RegisteredModel) -> list[dict[str, Any]]:
+    """The model's approval history (oldest first): version, decision, by, at, reason."""
+    raw = (model.tags or {}).get(APPROVALS_TAG)
+    if not raw:
+        return []
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise RegistryError(f"model {model.name!r} has a corrupt {APPROVALS_TAG} tag") from exc
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _append_approval(
+    client: MlflowClient, name: str, version: str, decision: str, by: str, reason: str, **extra: str
+) -> dict[str, Any]:
+    """Append one entry to the model's approval history, keeping the newest that fit in the tag
+    (the complete record is the audit table's `approval` rows)."""
+    entry = {
+        "version": version,
+        "decision": decision,
+        "by": by,
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "reason": reason[:200],
+        **extra,
+    }
+    history = [*approvals(client.get_registered_model(name)), entry][-HISTORY_LIMIT:]
+    while len(history) > 1 and len(json.dumps(history)) > APPROVALS_MAX_CHARS:
+        history = history[1:]
+    client.set_registered_model_tag(name, APPROVALS_TAG, json.dumps(history))
+    return entry
+
+
+def approve(name: str, version: str | int, approver: str, reason: str) -> VersionInfo:
+    """A named person approves a version for patients: tags it (`approval: approved`, who, when,
+    why), appends to the model's approval history, then moves `challenger` to it.
+
+    Refuses unknown versions, an empty approver or reason, and rejected versions.
+    """
+    who, why = _checked(approver, reason)
+    client = _client()
+    mv = _version(client, name, version)
+    target, tags = str(mv.version), dict(mv.tags or {})
+    if tags.get(APPROVAL_TAG) == REJECTED:
+        raise RegistryError(
+            f"{name} v{target} was rejected by {tags.get('rejected_by', '?')} at "
+            f"{tags.get('rejected_at', '?')} ({tags.get('rejection_reason', '')}): a rejected version "
+            "cannot be approved; register a new version"
+        )
+    # Audit before exposure: if the alias move fails, the record still says who asked for it.
+    entry = _append_approval(client, name, target, APPROVED, who, why)
+    for key, value in zip(APPROVAL_KEYS, (APPROVED, who, entry["at"], why), strict=True):
+        client.set_model_version_tag(name, target, key, value)
+    client.set_registered_model_alias(name, CHALLENGER, target)
+    log.info("%s v%s approved by %s (%s): now %s", name, target, who, why, CHALLENGER)
+    return _info(client, client.get_model_version(name, target))
+
+
+def reject(name: str, version: str | int, approver: str, reason: str) -> VersionInfo:
+    """A named person rejects a version: it can then never be approved or promoted. A rejected
+    current challenger stops being exposed (`challenger` moves back to the champion's version);
+    the champion itself cannot be rejected (promote another version or roll back first)."""
+    who, why = _checked(approver, reason)
+    client = _client()
+    mv = _version(client, name, version)
+    target = str(mv.version)
+    aliases = _aliases(client.get_registered_model(name))
+    if aliases.get(CHAMPION) == target:
+        raise RegistryError(
+            f"{name} v{target} is the {CHAMPION}: promote another version or roll back before rejecting it"
+        )
+    exposed = aliases.get(CHALLENGER) == target
+    extra = {"challenger_to": aliases.get(CHAMPION) or "none"} if exposed else {}
+    entry = _append_approval(client, name, target, REJECTED, who, why, **extra)
+    client.set_model_version_tag(name, target, APPROVAL_TAG, REJECTED)
+    for key, value in zip(REJECTION_KEYS, (who, entry["at"], why), strict=True):
+        client.set_model_version_tag(name, target, key, value)
+    if exposed and CHAMPION in aliases:
+        client.set_registered_model_alias(name, CHALLENGER, aliases[CHAMPION])
+        log.info("%s: %s back to the champion v%s", name, CHALLENGER, aliases[CHAMPION])
+    elif exposed:
+        client.delete_registered_model_alias(name, CHALLENGER)
+    log.info("%s v%s rejected by %s (%s)", name, target, who, why)
+    return _info(client, client.get_model_version(name, target))
+
+
+def newest_version(name: str) -> VersionInfo | None:
+    """The highest-numbered version of a model, or None when the model has none (or is unknown)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as exc:
+        if _is_missing(exc):
+            return None
+        raise
+    found = _versions(client, name)
+    if not found:
+        return None
+    return _info(client, max(found, key=lambda v: int(v.version)), _aliases(model))
+
+
 def set_alias(name: str, alias: str, version: str | int) -> None:
-    """Point any alias at an existing version (champion moves should go through promote/rollback)."""
+    """Point any other alias at an existing version: `champion` moves only through promote/rollback
+    and `challenger` only through approve/reject (both audited)."""
+    if alias in (CHAMPION, CHALLENGER):
+        how = "promote/rollback" if alias == CHAMPION else "approve (python -m ml registry approve)"
+        raise RegistryError(f"{alias!r} moves only through {how}, not set_alias")
     client = _client()
     mv = _version(client, name, version)
     client.set_registered_model_alias(name, alias, str(mv.version))
@@ -333,7 +491,8 @@ def resolve(name: str, ref: str | int) -> str:
 
 
 def load_version(name: str, version: str | int) -> Any:
-    """The pyfunc model of one fixed version (serving pins versions, not moving aliases)."""
+    """The pyfunc model of one fixed version. Loading it runs the model's code file (or unpickles an
+    older version) from the artifact store: serving uses `load_verified` instead."""
     import mlflow
 
     checked = _version(_client(), name, version).version
@@ -361,7 +520,8 @@ def model_uri(name: str, alias: str = CHAMPION) -> str:
 
 
 def load(name: str, alias: str = CHAMPION) -> Any:
-    """The pyfunc model behind an alias (the champion unless told otherwise)."""
+    """The pyfunc model behind an alias (the champion unless told otherwise); runs the model's code
+    from the artifact store, like `load_version`: not for serving."""
     import mlflow
 
     uri = model_uri(name, alias)
@@ -370,15 +530,136 @@ def load(name: str, alias: str = CHAMPION) -> Any:
 
 
 def format_table(infos: list[VersionInfo]) -> str:
-    """A fixed-width table (model, version, aliases, run, created) for the command line."""
-    header = ("model", "version", "aliases", "run", "created")
-    rows = [(i.name, i.version, ",".join(i.aliases) or "-", i.run_id or "-", i.created) for i in infos]
+    """A fixed-width table (model, version, aliases, approval, run, created) for the command line
+    (approval `-`: registered before approvals existed)."""
+    header = ("model", "version", "aliases", "approval", "run", "created")
+    rows = [
+        (
+            i.name,
+            i.version,
+            ",".join(i.aliases) or "-",
+            i.tags.get(APPROVAL_TAG) or "-",
+            i.run_id or "-",
+            i.created,
+        )
+        for i in infos
+    ]
     widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
     lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in [header, *rows]
     ]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- artifact integrity
+# Serving never unpickles: it loads the predictor's own files (no pickles) after checking them
+# against the digest recorded here at registration, so writing the artifact store is not enough
+# to run code in a replica (ml/artifacts.py).
+
+DIGEST_TAG = "artifact_sha256"  # version tag: ml.artifacts.digest of the predictor folder
+PATH_TAG = "artifact_path"  # version tag: that folder's path inside the model's artifacts
+PREDICTOR_ARTIFACT = "predictor"  # the pyfunc artifact holding the predictor's own files
+
+
+def _inside(path: str) -> bool:
+    parts = PurePosixPath(path).parts
+    return bool(parts) and not PurePosixPath(path).is_absolute() and ".." not in parts
+
+
+def _predictor_path(name: str, version: str) -> str | None:
+    """Where the version's pyfunc keeps its `predictor` artifact (read from its MLmodel), or None."""
+    from mlflow.models import Model
+
+    flavor = Model.load(f"models:/{name}/{version}").flavors.get("python_function") or {}
+    return ((flavor.get("artifacts") or {}).get(PREDICTOR_ARTIFACT) or {}).get("path")
+
+
+def _download(name: str, version: str, path: str, dst: str | Path) -> Path:
+    import mlflow
+
+    uri = f"models:/{name}/{version}/{path}"
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+
+
+def record_digest(name: str, version: str | int) -> str | None:
+    """Tag a new version with its predictor folder's digest and path, which the loaders check.
+
+    A predictor folder holding a pickle is refused: RegistryError, and the version is deleted. A
+    model without a `predictor` artifact (not one of ours) gets no digest, so no safe loader
+    will load it.
+    """
+    import tempfile
+
+    from ml.artifacts import digest, find_pickles
+
+    client, version = _client(), str(version)
+    path = _predictor_path(name, version)
+    if path is None:
+        supplied = client.get_model_version(name, version).tags or {}
+        for tag in (DIGEST_TAG, PATH_TAG):
+            if tag in supplied:  # only registration computes these
+                client.delete_model_version_tag(name, version, tag)
+        log.warning("%s v%s has no %r artifact: no digest recorded", name, version, PREDICTOR_ARTIFACT)
+        return None
+    if not _inside(path):
+        client.delete_model_version(name, version)
+        raise RegistryError(
+            f"{name} v{version} refused and deleted: artifact path {path!r} is outside the model"
+        )
+    with tempfile.TemporaryDirectory(prefix="mediscale-register-") as tmp:
+        folder = _download(name, version, path, tmp)
+        pickles = find_pickles(folder)
+        value = digest(folder)
+    if pickles:
+        client.delete_model_version(name, version)
+        raise RegistryError(
+            f"{name} v{version} refused and deleted: its {path} holds pickle file(s) {pickles[:5]}; "
+            "save models without pickles (XGBoost JSON/UBJSON, safetensors)"
+        )
+    client.set_model_version_tag(name, version, DIGEST_TAG, value)
+    client.set_model_version_tag(name, version, PATH_TAG, path)
+    log.info("%s v%s: %s %s (%s)", name, version, DIGEST_TAG, value[:12], path)
+    return value
+
+
+def load_predictor_folder(name: str, version: str | int, dst: str | Path | None = None) -> Path:
+    """A private copy of the version's predictor folder, checked: for TabularPredictor.load or
+    NotePredictor.load, never a pyfunc (that would unpickle or run code from the store).
+
+    UnsafeModel when the version has no recorded digest, the folder holds a pickle, or its digest
+    is not the one recorded at registration. `dst` (else a new temp dir) is the caller's to remove.
+    """
+    import tempfile
+
+    from ml.artifacts import UnsafeModel, digest, find_pickles
+
+    mv = _version(_client(), name, version)
+    version = str(mv.version)
+    recorded, path = (mv.tags or {}).get(DIGEST_TAG), (mv.tags or {}).get(PATH_TAG)
+    if not recorded or not path:
+        raise UnsafeModel(name, version, "registered without an artifact digest; re-register it")
+    if not _inside(path):
+        raise UnsafeModel(name, version, f"recorded artifact path {path!r} is outside the model")
+    folder = _download(name, version, path, dst or tempfile.mkdtemp(prefix="mediscale-model-"))
+    pickles = find_pickles(folder)
+    if pickles:
+        raise UnsafeModel(name, version, f"predictor folder holds pickle file(s) {pickles[:5]}")
+    found = digest(folder)
+    if found != recorded:
+        raise UnsafeModel(
+            name, version, f"artifact digest mismatch: recorded {recorded[:12]}…, found {found[:12]}…"
+        )
+    return folder
+
+
+def load_verified(name: str, version: str | int, load: Callable[[Path], T]) -> T:
+    """`load(folder)` (e.g. TabularPredictor.load) on a checked private copy of the version's
+    predictor folder; the copy is removed after, since both predictors read their files whole."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mediscale-model-") as tmp:
+        return load(load_predictor_folder(name, version, tmp))
 
 
 # --------------------------------------------------------------------------- training references
@@ -475,11 +756,17 @@ def _rebuilt_reference(name: str, version: str, features: str, label: str) -> An
             f"{label} has no training reference and its feature folder {features} cannot be read "
             f"({type(err).__name__}); retrain it to record one"
         ) from None
-    model = load_version(name, version).unwrap_python_model()
-    predictor = getattr(model, "predictor", None)
-    if not hasattr(predictor, "preprocessor"):
+    from ml.artifacts import UnsafeModel
+    from ml.tabular import MODEL_FILE, TabularPredictor, reference_frame
+
+    try:
+        predictor = load_verified(
+            name, version, lambda d: TabularPredictor.load(d) if (d / MODEL_FILE).is_file() else None
+        )
+    except UnsafeModel as err:
+        raise RegistryError(f"{label} has no training reference and cannot be loaded: {err}") from None
+    if predictor is None:
         raise RegistryError(f"{label} has no training reference and is not a tabular model to rebuild one")
-    from ml.tabular import reference_frame
 
     text = manifest.get("text_column")
     columns = [*predictor.feature_names, *([text] if text else [])]

@@ -808,7 +808,10 @@ class NotePredictor:
             torch.set_num_threads(threads)
         directory = Path(directory)
         meta = json.loads((directory / PREDICTOR_META).read_text())
-        model = AutoModelForSequenceClassification.from_pretrained(directory / MODEL_DIR)
+        # safetensors only: a `.bin` beside it (a torch pickle) is never read.
+        model = AutoModelForSequenceClassification.from_pretrained(
+            directory / MODEL_DIR, use_safetensors=True
+        )
         tokenizer = AutoTokenizer.from_pretrained(directory / MODEL_DIR)
         calibrator = Calibrator(**meta["calibrator"]) if meta.get("calibrator") else None
         return cls(

@@ -294,7 +294,7 @@ def watch_cmd(
     ),
     threshold: float | None = typer.Option(None, min=0, max=1, help="Drift share that triggers retraining."),
     share: float | None = typer.Option(
-        None, min=0.001, max=0.999, help="Traffic share for the new challenger."
+        None, min=0.001, max=0.999, help="Traffic share for the new challenger, once approved."
     ),
     since: str | None = typer.Option(
         None, help="Check predictions from this time (ISO; default: window_days ago)."
@@ -306,8 +306,10 @@ def watch_cmd(
     service: str | None = SERVICE_OPT,
 ) -> None:
     """One pass of drift-triggered retraining: check drift; over the threshold, retrain the models on the
-    newest feature folder as Ray Jobs, register them as challenger and give the challenger its configured
-    share of traffic. It never promotes (`monitor decide` does). Every pass is audited (monitor_events)."""
+    newest feature folder as Ray Jobs and register them PENDING APPROVAL: nothing new is served until a
+    named person runs `python -m ml registry approve MODEL VERSION --by WHO --reason TEXT` (the result's
+    `approve_commands`); then the challenger gets its configured share of traffic. It never approves and
+    never promotes (`monitor decide` does). Every pass is audited (monitor_events)."""
     from data.config import Settings
     from monitor.watch import LocalRunner, RayJobRunner, WatchConfig, run_pass
 

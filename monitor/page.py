@@ -25,6 +25,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 from ray import serve
 
+from serve.auth import AuthGate, GateContext, read_only_policy
+
 log = logging.getLogger("ray.serve")
 CACHE_S = 5.0  # a page a few seconds old is fine; recomputing bootstraps on every refresh is not
 HISTORY = 20
@@ -205,6 +207,9 @@ class _Index:
         await self.app(scope, receive, send)
 
 
+# This replica's auth context (set when its Dashboard starts): every page needs role `read`.
+_gate: list = []
+api.add_middleware(AuthGate, context=lambda: _gate[0] if _gate else None, rules=read_only_policy)
 api.add_middleware(_Index)
 
 
@@ -221,7 +226,16 @@ class Dashboard:
         settings = Settings.from_env()
         self.service_url = settings.service_url if self.args.service_url is None else self.args.service_url
         self.store = PredictionStore(self.args.store_url)
+        _gate[:] = [self._gate_context(settings)]
         self._cache: dict[tuple, tuple[float, dict]] = {}
+
+    def _gate_context(self, settings) -> GateContext:
+        """Keys from the key file or this store's `api_keys`; audit rows into this store."""
+        from serve.audit import AuditLog
+        from serve.keys import Keyring, open_source
+
+        keyring = Keyring(open_source(settings, self.args.store_url or settings.resolved_store_url()))
+        return GateContext(keyring=keyring, audit=AuditLog(self.store))
 
     def _gather(self, as_of: datetime | None, since: datetime | None) -> dict:
         from monitor.service import routing

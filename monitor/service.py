@@ -26,7 +26,10 @@ class Routing:
 def from_service(url: str, timeout: float = 5.0) -> Routing:
     import httpx
 
-    response = httpx.get(url.rstrip("/") + "/variants", timeout=timeout)
+    from data.config import Settings
+
+    headers = Settings.from_env().service_headers()  # role read (MEDISCALE_API_KEY)
+    response = httpx.get(url.rstrip("/") + "/variants", headers=headers, timeout=timeout)
     response.raise_for_status()
     body = response.json()
     weights = {name: float(v["weight"]) for name, v in body["variants"].items()}

@@ -2,11 +2,15 @@
 
 A pass checks drift on the watched variant's recent traffic (monitor/drift.py). If the drift
 share is over the threshold it retrains the models on the newest feature folder, each as a Ray
-Job (`ml train-* --register`, which makes the new versions `challenger`), then sends the
-challenger variant a configured share of traffic through a routing override that names the new
-versions: the running Router picks it up at its next alias refresh. It never promotes: that stays
-with `monitor decide`, under the pre-registered rule. Every pass, whatever it found, is one row
-of the audit table (`monitor_events`, kind `watch`).
+Job (`ml train-* --register`). The new versions are registered *pending approval*: nothing
+reaches patients until a named person runs `python -m ml registry approve MODEL VERSION --by WHO
+--reason TEXT` (the pass reports the exact commands in `pending_approval` / `approve_commands`),
+which makes them `challenger`. The pass also records a routing override that gives the
+challenger variant its configured share of traffic *once it serves the new versions*: it is
+keyed to those versions, so it takes effect only after approval, at the Router's next alias
+refresh. It never approves and never promotes (`monitor decide` does, under the pre-registered
+rule). Every pass, whatever it found, is one row of the audit table (`monitor_events`, kind
+`watch`).
 
 Why Ray Jobs: training needs the cluster's CPUs/GPUs and its own driver. A pass may itself run
 as a RayJob (kuberay/rayjob-watch.yaml, submitted on a schedule by kuberay/cronjob-watch.yaml)
@@ -119,7 +123,11 @@ class WatchPass:
     drifted_columns: list[str] = field(default_factory=list)
     features: str | None = None
     jobs: list[JobResult] = field(default_factory=list)
-    new_versions: dict[str, str] = field(default_factory=dict)
+    new_versions: dict[str, str] = field(default_factory=dict)  # component -> version registered
+    # registered model -> version awaiting `python -m ml registry approve` (nothing served before)
+    pending_approval: dict[str, str] = field(default_factory=dict)
+    approve_commands: list[str] = field(default_factory=list)
+    # what the challenger variant serves once the new versions are approved (the override's key)
     challenger_versions: dict[str, str] = field(default_factory=dict)
     challenger_weight: float | None = None
     override_id: int | None = None
@@ -232,7 +240,10 @@ def challenger_share_weight(share: float, weights: Mapping[str, float], challeng
 def _service_variants(service_url: str) -> dict[str, Any]:
     import httpx
 
-    response = httpx.get(service_url.rstrip("/") + "/variants", timeout=10.0)
+    from data.config import Settings
+
+    headers = Settings.from_env().service_headers()  # role read (MEDISCALE_API_KEY)
+    response = httpx.get(service_url.rstrip("/") + "/variants", headers=headers, timeout=10.0)
     response.raise_for_status()
     return response.json()["variants"]
 
@@ -240,7 +251,8 @@ def _service_variants(service_url: str) -> dict[str, Any]:
 def _versions_after(
     spec: Mapping[str, Any], new_versions: Mapping[str, str], models: Mapping[str, str]
 ) -> dict[str, str]:
-    """The versions the challenger variant serves once the Router re-resolves its references."""
+    """The versions the challenger variant serves once the new versions are approved (and the
+    Router re-resolves its references)."""
     from ml.registry import resolve
 
     out: dict[str, str] = {}
@@ -357,6 +369,9 @@ def _run(
     result.features = newest_feature_folder(features)
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
     models = {spec.component: spec.model for spec in config.train}
+    from ml.registry import newest_version
+
+    before = {spec.component: newest_version(spec.model) for spec in config.train}
     for spec in config.train:
         argv = command_argv(spec.command, result.features)
         job = runner.run(spec.component, argv, env, config.job_timeout_s)
@@ -367,9 +382,23 @@ def _run(
                 f"{spec.component} training {job.status.lower()} ({job.job_id}); routing unchanged"
             )
             return
-    from ml.registry import version_for
+    from ml.registry import PENDING
 
-    result.new_versions = {spec.component: version_for(spec.model, "challenger") for spec in config.train}
+    for spec in config.train:
+        new, old = newest_version(spec.model), before[spec.component]
+        if new is None or (old is not None and int(new.version) <= int(old.version)):
+            result.outcome = "retrain_failed"
+            result.reason = (
+                f"{spec.component} training succeeded but registered no new version of {spec.model} "
+                "(does its command have --register?); routing unchanged"
+            )
+            return
+        result.new_versions[spec.component] = new.version
+        if new.tags.get("approval") == PENDING:  # not a model's bootstrap first version
+            result.pending_approval[spec.model] = new.version
+            result.approve_commands.append(
+                f"python -m ml registry approve {spec.model} {new.version} --by NAME --reason TEXT"
+            )
     variants = _service_variants(service_url)
     if config.challenger_variant not in variants:
         raise WatchError(
@@ -392,13 +421,21 @@ def _run(
         result.challenger_versions,
         result.challenger_weight,
         reason=f"monitor watch: retrained after drift share {result.drift_share:.2f} > {limit:.2f}; "
-        f"{config.challenger_share:.0%} of traffic to the new challenger",
+        f"{config.challenger_share:.0%} of traffic to the new challenger once approved",
         created_by=created_by,
     )
     result.outcome = "retrained"
+    pending = ", ".join(f"{m} v{v}" for m, v in result.pending_approval.items())
     result.reason = (
         f"retrained {', '.join(f'{c} v{v}' for c, v in result.new_versions.items())}; "
-        f"challenger gets {config.challenger_share:.0%} of traffic (never promoted here)"
+        + (
+            f"APPROVAL NEEDED: {pending} pending; nothing new is served until approved "
+            f"(python -m ml registry approve MODEL VERSION --by NAME --reason TEXT), then the "
+            f"challenger gets {config.challenger_share:.0%} of traffic"
+            if pending
+            else f"challenger gets {config.challenger_share:.0%} of traffic"
+        )
+        + " (never approved or promoted here)"
     )
 
 

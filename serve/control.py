@@ -10,9 +10,10 @@
   the rule and its hash, the code version, and who applied it and when. One row per experiment
   and as-of time, so deciding twice for the same as-of returns the stored decision.
 - `monitor_events`: every other monitoring pass (a drift check, a `monitor watch` pass with
-  what it retrained and registered), with its summary (`drift_share` for a drift check) and
-  its JSON payload. The service reads the newest drift share from here for its metrics, and
-  `monitor decide`'s drift gate reads the newest check of the challenger's versions.
+  what it retrained and registered, an `approval` or rejection of a model version by a named
+  person via `python -m ml registry approve/reject`), with its summary (`drift_share` for a drift
+  check) and its JSON payload. The service reads the newest drift share from here for its
+  metrics, and `monitor decide`'s drift gate reads the newest check of the challenger's versions.
 
 Both live next to `predictions` (same engine, same transactions), created on first use.
 """
@@ -83,7 +84,7 @@ monitor_events = sa.Table(
     sa.Column("created_at", _TIME, nullable=False),
     sa.Index("ix_monitor_events_kind", "kind"),
 )
-EVENT_KINDS = ("drift", "watch")
+EVENT_KINDS = ("drift", "watch", "approval")
 
 
 def versions_key(versions: Mapping[str, Any] | None) -> str:
@@ -234,7 +235,7 @@ def log_event(
     model_versions: Mapping[str, Any] | None = None,
     drift_share: float | None = None,
 ) -> int:
-    """Add a monitoring event (a drift check, a watch pass) to the audit table; returns its id."""
+    """Add a monitoring event (drift check, watch pass, approval) to the audit table; returns its id."""
     if kind not in EVENT_KINDS:
         raise ValueError(f"kind must be one of {EVENT_KINDS}, got {kind!r}")
     ensure_tables(store)
@@ -250,6 +251,30 @@ def log_event(
     }
     with store.transaction() as conn:
         return int(conn.execute(monitor_events.insert().returning(monitor_events.c.id), row).scalar_one())
+
+
+def log_approval(
+    store: PredictionStore,
+    decision: str,
+    model: str,
+    version: str | int,
+    approver: str,
+    reason: str,
+    code_version: str,
+    details: Mapping[str, Any] | None = None,
+) -> int:
+    """Add an `approval` event (decision `approved` or `rejected`) of one model version, by a named
+    person and why, to the audit table; returns its id. `model_versions` is {model: version}."""
+    payload = {
+        **(details or {}),
+        "decision": decision,
+        "model": model,
+        "version": str(version),
+        "approver": approver,
+        "reason": reason,
+    }
+    summary = f"{model} v{version} {decision} by {approver}: {reason}"
+    return log_event(store, "approval", summary, payload, code_version, model_versions={model: version})
 
 
 def events(

@@ -40,15 +40,21 @@ class RegistryLoader:
 
         return registry.resolve(name, ref)
 
+    # Never the pyfunc: that would unpickle (or run) code from the artifact store in every replica.
+    # The predictor's own files are loaded once checked against the digest recorded at
+    # registration; a refusal (ml.artifacts.UnsafeModel) fails this load, and says why.
+
     def tabular(self, name: str, version: str) -> Any:
         from ml import registry
+        from ml.tabular import TabularPredictor
 
-        return registry.load_version(name, version).unwrap_python_model().predictor
+        return registry.load_verified(name, version, TabularPredictor.load)
 
     def note(self, name: str, version: str) -> Any:
         from ml import registry
+        from ml.text import NotePredictor
 
-        return registry.load_version(name, version).unwrap_python_model().predictor
+        return registry.load_verified(name, version, NotePredictor.load)
 
 
 class _ModelCache:

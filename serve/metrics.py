@@ -107,6 +107,15 @@ SHADOW_DROPPED = Definition(
     "Records not shadow scored, by reason: overload (too many shadow tasks in flight) or error.",
     ("reason",),
 )
+AUTH_REFUSED = Definition(
+    "mediscale_auth_refused",
+    "counter",
+    "Requests refused by the auth gate, by endpoint, status (401/403/429) and where (proxy/replica).",
+    ("endpoint", "status", "where"),
+)
+AUDIT_FAILED = Definition(
+    "mediscale_audit_failed", "counter", "Access audit rows that could not be written.", ()
+)
 FEEDBACK = Definition(
     "mediscale_feedback",
     "counter",
@@ -149,6 +158,8 @@ DEFINITIONS: tuple[Definition, ...] = (
     SHADOW_DIFFERENCE,
     SHADOW_BAND_DISAGREEMENTS,
     SHADOW_DROPPED,
+    AUTH_REFUSED,
+    AUDIT_FAILED,
     FEEDBACK,
     MODEL_LOADS,
     MODEL_LOAD_SECONDS,
@@ -274,6 +285,14 @@ def shadow_dropped(reason: str, n: int = 1) -> None:
     """`reason`: overload or error."""
     if n > 0:
         _inc(SHADOW_DROPPED, {"reason": reason}, n)
+
+
+def auth_refused(endpoint: str, status: int, where: str) -> None:
+    _inc(AUTH_REFUSED, {"endpoint": endpoint, "status": str(status), "where": where})
+
+
+def audit_failed() -> None:
+    _inc(AUDIT_FAILED, {})
 
 
 def feedback(variant: str | None, outcome: bool) -> None:

@@ -23,6 +23,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve import metrics
+from serve.auth import REQUEST_ID_STATE, AuthGate, GateContext
+from serve.auth import policy as access_policy
 from serve.loading import ModelLoader, RegistryLoader
 from serve.records import (
     MAX_BATCH_ID,
@@ -53,25 +55,13 @@ api = FastAPI(
 
 STORE_PING_S = 3.0  # /healthz waits this long for the store's `SELECT 1`
 MAX_ERRORS = 20  # validation errors listed in a 422 body (the count of the rest is given)
+IN_FLIGHT = [0]  # HTTP requests this replica is answering now (/healthz reports saturation)
 VARIANT_STATE = "mediscale_variant"  # request.state key: the variant a handler served
-_ENDPOINTS = (
-    ("/predict/batch", "predict_batch"),
-    ("/predict", "predict"),
-    ("/feedback", "feedback"),
-    ("/variants", "variants"),
-    ("/healthz", "healthz"),
-)
 
 
 def endpoint_name(path: str) -> str:
-    """A bounded endpoint label from the request path (under any route prefix)."""
-    path = path.rstrip("/")
-    if "/predictions/" in path:  # GET /predictions/{request_id}: never the id itself as a label
-        return "predictions"
-    for suffix, name in _ENDPOINTS:
-        if path.endswith(suffix):
-            return name
-    return "other"
+    """A bounded endpoint label from the request path (under any route prefix); never an id."""
+    return access_policy("GET", path).endpoint
 
 
 class RequestMetrics:
@@ -86,6 +76,7 @@ class RequestMetrics:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started, status = time.perf_counter(), 500  # an exception escaping the app is a 500
+        IN_FLIGHT[0] += 1
 
         async def send_status(message):
             nonlocal status
@@ -96,6 +87,7 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_status)
         finally:
+            IN_FLIGHT[0] -= 1
             try:
                 variant = (scope.get("state") or {}).get(VARIANT_STATE)
                 endpoint = endpoint_name(scope.get("path", ""))
@@ -104,6 +96,10 @@ class RequestMetrics:
             metrics.request_done(endpoint, variant, status, time.perf_counter() - started)
 
 
+# This replica's auth context, set when its Router starts (one Router per replica process).
+_gate: list[GateContext] = []
+# Outermost last: RequestMetrics sees every answer, the gate's refusals included.
+api.add_middleware(AuthGate, context=lambda: _gate[0] if _gate else None)
 api.add_middleware(RequestMetrics)
 
 
@@ -168,10 +164,19 @@ def _request_id(request: Request, limit: int = 128) -> str:
     echoes it on the response); a batch's leaves room for its records' `~<index>`."""
     given = request.headers.get("x-request-id")
     if given is None:
-        return uuid.uuid4().hex
-    if not re.fullmatch(REQUEST_ID_PATTERN, given) or len(given) > limit:
+        given = uuid.uuid4().hex
+    elif not re.fullmatch(REQUEST_ID_PATTERN, given) or len(given) > limit:
         raise HTTPException(422, f"x-request-id: use 1-{limit} letters, digits or . _ : -")
+    setattr(request.state, REQUEST_ID_STATE, given)  # for the audit row
     return given
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The scorer's own exception inside Ray's wrapper (whose text is a remote traceback)."""
+    from ray.exceptions import RayTaskError
+
+    cause = getattr(exc, "cause", None) if isinstance(exc, RayTaskError) else None
+    return cause if cause is not None else exc
 
 
 def _store_down(exc: Exception) -> HTTPException:
@@ -221,11 +226,13 @@ class Router:
         from data.config import Settings
         from serve.store import PredictionStore
 
-        Settings.from_env().check_production()  # production without its secrets does not start
+        settings = Settings.from_env()
+        settings.check_production()  # production without its secrets does not start
         self.args = AppArgs.model_validate(args or {})
         self.combiner, self.tabular, self.note = combiner, tabular, note
         self.loader = loader or RegistryLoader(self.args.data_dir)
         self.store = PredictionStore(self._store_url(), store_note_text=self.args.store_note_text)
+        self._open_gate(settings)
         self.config = RouterConfig()
         self.resolved: dict[str, dict[str, str]] = {}  # variant -> {"tabular": v, "note": v}
         self.overrides: dict = {}  # variant -> serve.control.Override (the newest of each)
@@ -234,6 +241,18 @@ class Router:
         self._refresher: asyncio.Task | None = None
         self._switch = asyncio.Lock()
         self._background: set[asyncio.Task] = set()
+
+    def _open_gate(self, settings) -> None:
+        """Keys from the key file or this store's `api_keys`; audit rows into this store."""
+        from serve.audit import AuditLog
+        from serve.keys import Keyring, open_source
+        from serve.ratelimit import LimiterClient
+
+        keyring = Keyring(open_source(settings, self._store_url()))
+        if not keyring.source.records():
+            log.warning("no API keys yet: every call but /healthz gets 401 (python -m serve keys create)")
+        limiter = LimiterClient(settings.rate_per_minute)
+        _gate[:] = [GateContext(keyring=keyring, audit=AuditLog(self.store), limiter=limiter)]
 
     def _store_url(self) -> str:
         """The app's `store_url`, else the one settings fallback (in the app's data dir if given)."""
@@ -280,7 +299,8 @@ class Router:
                     log.info("variants now %s", resolved)
                 self.resolved, self.problem = resolved, None
             except Exception as exc:  # keep serving the previous versions, and say why
-                self.problem = f"models not ready: {type(exc).__name__}: {exc}"
+                cause = _cause(exc)
+                self.problem = f"models not ready: {type(cause).__name__}: {cause}"
                 log.error("variant refresh failed: %s", self.problem)
         await asyncio.to_thread(self._publish_monitoring)
 
@@ -548,8 +568,12 @@ class Router:
         except Exception as exc:
             reason = f"prediction store unreachable ({type(exc).__name__})"
             return JSONResponse({"status": "unhealthy", "reason": reason}, status_code=503)
+        in_flight = IN_FLIGHT[0] - 1  # not counting this check
+        if in_flight >= self.config.saturated_in_flight:
+            reason = f"saturated: {in_flight} requests in flight (limit {self.config.saturated_in_flight})"
+            return JSONResponse({"status": "saturated", "reason": reason, "in_flight": in_flight}, 503)
         if self.resolved and self.problem is None:
-            return JSONResponse({"status": "ok", "variants": self.resolved})
+            return JSONResponse({"status": "ok", "variants": self.resolved, "in_flight": in_flight})
         status = 200 if self.resolved else 503
         return JSONResponse(
             {"status": "degraded" if self.resolved else "unhealthy", "reason": self.problem},

@@ -50,6 +50,12 @@ class RouterConfig(BaseModel):
         ge=0,
         description="Shadow scorings in flight per Router replica; beyond, shadows are dropped (counted).",
     )
+    saturated_in_flight: int = Field(
+        96,
+        ge=1,
+        description="/healthz answers 503 'saturated' when this replica has this many requests in "
+        "flight (keep it under the Router's max_ongoing_requests, 128 in serve/config.yaml).",
+    )
     alias_refresh_s: float = Field(30.0, ge=0, description="0 turns alias polling off.")
     medium_risk: float = Field(0.10, gt=0, lt=1)
     high_risk: float = Field(0.25, gt=0, lt=1)

@@ -22,9 +22,34 @@ S3_ENV = {
 }
 
 
+TEST_ROLES = ("predict", "feedback", "read", "admin")
+
+
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[object]:
-    """A 2-CPU local Ray shared by the whole session (starting one costs 6-8 s)."""
+def api_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """One key per role in a session key file, which every Serve proxy and replica of the session
+    uses (the environment is set before Ray starts, as `make run` and the manifests do): role ->
+    key. The proxy runs the auth gate (serve/gate.py), so each HTTP test goes through it."""
+    from serving import KEYS
+
+    from serve.keys import FileKeys, create
+
+    path = tmp_path_factory.mktemp("keys") / "keys.json"
+    source = FileKeys(path)
+    for role in TEST_ROLES:
+        KEYS[role] = create(source, f"test-{role}", role, rate_per_minute=600_000)[1]
+    os.environ["MEDISCALE_API_KEYS_FILE"] = str(path)
+    # The proxy's own store (its audit rows for refused roles): never the repo's artifacts/.
+    os.environ.setdefault("MEDISCALE_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+    os.environ["MEDISCALE_API_KEY"] = KEYS["admin"]  # what the dashboard and `monitor` send
+    os.environ["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] = "serve.gate:proxy_middlewares"
+    return dict(KEYS)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(api_keys: dict[str, str]) -> Iterator[object]:
+    """A 2-CPU local Ray shared by the whole session (starting one costs 6-8 s), started with the
+    session's API keys in its environment."""
     import ray
     import ray.data
 
@@ -126,7 +151,7 @@ def registered_models(
     ray_cluster: object, synthetic_features: Path, tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict:
     """A data dir whose MLflow registry holds a tabular and a (tiny) note model, each with a
-    champion (v1) and a challenger (v2, another configuration). Tests point
+    champion (v1, bootstrap) and an approved challenger (v2, another configuration). Tests point
     MEDISCALE_DATA_DIR at `home` themselves."""
     from ml.experiment import train_tabular, train_text
     from ml.tabular import TabularConfig
@@ -159,4 +184,10 @@ def registered_models(
             sample=400,
             storage_path=runs,
         )
+        # Registration leaves a new version pending: a named person makes it the challenger.
+        from ml import registry
+
+        for model, trained in (("readmission-tabular", "tabular_v2"), ("readmission-notes", "note_v2")):
+            version = out[trained]["registered"]["version"]
+            registry.approve(model, version, "test fixture", "second configuration for the tests")
     return out

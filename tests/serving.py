@@ -18,6 +18,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+KEYS: dict[str, str] = {}  # role -> the session's key (conftest's `api_keys`)
+
+
+def auth(role: str = "admin") -> dict[str, str]:
+    """The header a client with this role sends."""
+    return {"Authorization": f"Bearer {KEYS[role]}"}
+
+
 QUARTER_CPU = {"num_cpus": 0.25}  # two applications side by side fit the 2-CPU test cluster
 DEPLOYED: dict[str, dict] = {}  # what `serve deploy` would hold: every app of the cluster's config
 

@@ -263,7 +263,7 @@ SCREENSHOT = Path(os.environ.get("MEDISCALE_DASHBOARD_SCREENSHOT", "/tmp/medisca
 @pytest.mark.slow
 @pytest.mark.ray
 def test_the_page_in_a_browser_shows_the_cli_report(serve_port: int, tmp_path: Path) -> None:
-    from serving import deploy
+    from serving import KEYS, auth, deploy
 
     _chromium()  # skip (or fail under CI) before deploying anything
     url = f"sqlite:///{tmp_path / 'page.db'}"
@@ -280,8 +280,13 @@ def test_the_page_in_a_browser_shows_the_cli_report(serve_port: int, tmp_path: P
         }
     )
     base = f"http://127.0.0.1:{serve_port}/dashboard"
+    # The browser logs in with HTTP Basic auth (any user name, the key as the password), as a
+    # clinician's browser does after the page's 401 prompt.
+    signed_in = f"http://reader:{KEYS['read']}@127.0.0.1:{serve_port}/dashboard"
     try:
-        page_url = f"{base}?as_of={as_of.replace('+', '%2B')}"
+        refused = _browser("--dump-dom", f"{base}?as_of={as_of.replace('+', '%2B')}")
+        assert "<svg" not in refused.stdout and "API key" in refused.stdout
+        page_url = f"{signed_in}?as_of={as_of.replace('+', '%2B')}"
         shot = _browser(f"--screenshot={SCREENSHOT}", "--window-size=1400,3000", page_url)
         assert SCREENSHOT.is_file(), shot.stderr[-2000:]
         png = SCREENSHOT.read_bytes()
@@ -303,7 +308,7 @@ def test_the_page_in_a_browser_shows_the_cli_report(serve_port: int, tmp_path: P
         assert "No drift check yet" in dom.stdout
         assert "s7-r" not in dom.stdout and "s7-p" not in dom.stdout  # fill()'s request and patient ids
 
-        with httpx.Client(timeout=60, follow_redirects=True) as http:
+        with httpx.Client(headers=auth(), timeout=60, follow_redirects=True) as http:
             assert http.get(f"{base}/drift/999").status_code == 404
             served = http.get(f"{base}/report.json", params={"as_of": as_of}).json()
             assert served["paired"]["brier_difference"] == expected["paired"]["brier_difference"]
@@ -332,7 +337,7 @@ def test_the_page_in_a_browser_shows_the_cli_report(serve_port: int, tmp_path: P
             missing = http.get(f"{base}/drift/{gone}")
             assert missing.status_code == 404 and "no longer on disk" in missing.text
             assert http.get(f"{base}/drift/..%2F..%2Fetc%2Fpasswd").status_code in (404, 422)
-        clicked = _browser("--dump-dom", f"{base}/drift/{good}")
+        clicked = _browser("--dump-dom", f"{signed_in}/drift/{good}")
         assert "Evidently data drift" in clicked.stdout
     finally:
         deploy(remove="dashboard")

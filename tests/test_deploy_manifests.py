@@ -75,6 +75,8 @@ def test_kuberay_folder_has_every_manifest() -> None:
         "rayjob-watch.yaml",
         "cronjob-watch.yaml",
         "cronjob-watch-rayjob.yaml",
+        "networkpolicy.yaml",
+        "secret.example.yaml",
     }
     assert expected <= names
     assert not (REPO_ROOT / "kuberay" / ".gitkeep").exists()
@@ -366,7 +368,9 @@ BROKEN_CLUSTERS: dict[str, tuple[Callable[[dict], None], str]] = {
     "replicas above max": (lambda c: _gpu_group(c).update(replicas=9), "minReplicas <= replicas"),
     "no secret env": (lambda c: _container(c["headGroupSpec"])["envFrom"].pop(), "secretRef"),
     "no shared volume": (
-        lambda c: _container(_gpu_group(c))["volumeMounts"].pop(),
+        lambda c: _container(_gpu_group(c))["volumeMounts"].remove(
+            _mount(_container(_gpu_group(c)), "shared")
+        ),
         "not mounted at /mnt/mediscale",
     ),
     "probe without serve check": (
@@ -375,7 +379,92 @@ BROKEN_CLUSTERS: dict[str, tuple[Callable[[dict], None], str]] = {
         ),
         "must check the Serve proxy",
     ),
+    # security: Ray token auth
+    "no token auth": (lambda c: c.pop("authOptions"), "no Ray token auth"),
+    "token auth disabled": (
+        lambda c: c["authOptions"].update(mode="disabled"),
+        "Ray token auth is required",
+    ),
+    "authOptions typo": (
+        lambda c: _rename(c["authOptions"], "secretName", "secretname"),
+        "did you mean 'secretName'",
+    ),
+    # security: serving pods' secrets, proxy gate, MLflow, key file
+    "serving gets read-write secrets": (
+        lambda c: _container(c["headGroupSpec"])["envFrom"].append(
+            {"secretRef": {"name": "mediscale-secrets"}}
+        ),
+        "gives serving the read-write S3 keys",
+    ),
+    "serving S3 key from mediscale-secrets": (
+        lambda c: _container(_gpu_group(c))["env"].append(
+            {
+                "name": "AWS_SECRET_ACCESS_KEY",
+                "valueFrom": {"secretKeyRef": {"name": "mediscale-secrets", "key": "AWS_SECRET_ACCESS_KEY"}},
+            }
+        ),
+        "serving's S3 keys come only from mediscale-s3-readonly",
+    ),
+    "no read-only S3 secret": (
+        lambda c: _container(_cpu_group(c))["envFrom"].pop(),
+        "missing secretRef mediscale-s3-readonly",
+    ),
+    "serving without the salt": (
+        lambda c: _drop_env(_container(_cpu_group(c)), "MEDISCALE_PATIENT_KEY_SALT"),
+        "MEDISCALE_PATIENT_KEY_SALT: missing",
+    ),
+    "no proxy auth gate": (
+        lambda c: _drop_env(_container(c["headGroupSpec"]), "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"),
+        "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH: None",
+    ),
+    "model code execution allowed": (
+        lambda c: _set_env(_container(_cpu_group(c)), "MLFLOW_ALLOW_MODEL_CODE_EXECUTION", "true"),
+        "MLFLOW_ALLOW_MODEL_CODE_EXECUTION: 'true'",
+    ),
+    "keys file path": (
+        lambda c: _set_env(_container(_gpu_group(c)), "MEDISCALE_API_KEYS_FILE", "/tmp/keys.json"),
+        "MEDISCALE_API_KEYS_FILE: '/tmp/keys.json'",
+    ),
+    "keys file writable": (
+        lambda c: _mount(_container(_cpu_group(c)), "api-keys").update(readOnly=False),
+        "must be mounted readOnly: true",
+    ),
+    "keys file not mounted": (
+        lambda c: _container(c["headGroupSpec"])["volumeMounts"].remove(
+            _mount(_container(c["headGroupSpec"]), "api-keys")
+        ),
+        "/etc/mediscale/keys/keys.json is not mounted",
+    ),
+    "keys file from another secret": (
+        lambda c: _volume(_gpu_group(c), "api-keys")["secret"].update(secretName="mediscale-secrets"),
+        "is not Secret mediscale-api-keys",
+    ),
+    "production overridden": (
+        lambda c: _set_env(_container(_cpu_group(c)), "MEDISCALE_ENV", "development"),
+        "overrides the ConfigMap's production",
+    ),
 }
+
+
+def _cpu_group(cluster: dict) -> dict:
+    return next(g for g in cluster["workerGroupSpecs"] if g["groupName"] == "cpu")
+
+
+def _drop_env(container: dict, name: str) -> None:
+    container["env"] = [e for e in container["env"] if e["name"] != name]
+
+
+def _set_env(container: dict, name: str, value: str) -> None:
+    _drop_env(container, name)
+    container["env"].append({"name": name, "value": value})
+
+
+def _mount(container: dict, name: str) -> dict:
+    return next(m for m in container["volumeMounts"] if m["name"] == name)
+
+
+def _volume(group: dict, name: str) -> dict:
+    return next(v for v in group["template"]["spec"]["volumes"] if v["name"] == name)
 
 
 @pytest.mark.parametrize("case", BROKEN_CLUSTERS)
@@ -558,6 +647,14 @@ BROKEN_LAUNCHERS: dict[str, tuple[Callable[[dict], None], str]] = {
         lambda c: c["available_node_types"]["gpu_worker"].pop("docker"),
         "GPU group uses image",
     ),
+    "no token auth": (
+        lambda c: c.update(
+            worker_start_ray_commands=[
+                cmd.replace("export RAY_AUTH_MODE=token; ", "") for cmd in c["worker_start_ray_commands"]
+            ]
+        ),
+        "worker_start_ray_commands: `ray start` must run with RAY_AUTH_MODE=token",
+    ),
 }
 
 
@@ -628,3 +725,306 @@ def test_watch_cronjob_problems_are_caught(manifests: list[Any]) -> None:
         "differs from rayjob-watch.yaml" in p
         for p in checks.check_watch_configmap(checks.Manifest(stale[0].path, 0, changed), RAY_VERSION)
     )
+
+
+# ------------------------------------------------------------------ security review
+
+
+def _clusters(manifests: list[Any]) -> list[Any]:
+    return [m for m in manifests if checks.cluster_spec(m) is not None]
+
+
+def test_every_ray_cluster_has_token_auth(manifests: list[Any], launcher: dict) -> None:
+    """KubeRay's authOptions (mode token, the shared Secret) on the RayService, the RayCluster and
+    every RayJob; the launcher starts Ray with RAY_AUTH_MODE=token."""
+    clusters = _clusters(manifests)
+    assert len(clusters) == 8
+    for m in clusters:
+        assert checks.cluster_spec(m)["authOptions"] == {"mode": "token", "secretName": "mediscale-ray-auth"}
+        assert checks.cluster_spec(m)["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "0.0.0.0"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        assert any("RAY_AUTH_MODE=token" in cmd and "ray start" in cmd for cmd in launcher[key])
+
+
+@pytest.mark.parametrize("name", ["mediscale-dev", "mediscale-train-notes", "mediscale-monitor-watch"])
+def test_cluster_without_token_auth_is_caught(manifests: list[Any], name: str) -> None:
+    [m] = [m for m in _clusters(manifests) if m.doc["metadata"]["name"] == name]
+    doc = copy.deepcopy(m.doc)
+    spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+    del spec["authOptions"]
+    problems = checks.check_manifest(_with(m, doc), RAY_VERSION)
+    assert any("no Ray token auth" in p for p in problems), problems
+
+
+def test_token_auth_by_env_is_accepted_and_checked(rayservice: Any) -> None:
+    """Without authOptions (an older operator), RAY_AUTH_MODE=token and RAY_AUTH_TOKEN from a
+    Secret on every Ray container count as token auth; one container without them does not."""
+    doc = copy.deepcopy(rayservice.doc)
+    cluster = doc["spec"]["rayClusterConfig"]
+    del cluster["authOptions"]
+    token = {"secretKeyRef": {"name": "mediscale-ray-auth", "key": "auth_token"}}
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        _set_env(_container(group), "RAY_AUTH_MODE", "token")
+        _container(group)["env"].append({"name": "RAY_AUTH_TOKEN", "valueFrom": token})
+    assert checks.check_token_auth(cluster, "x") == []
+    assert checks.check_manifest(_with(rayservice, doc), RAY_VERSION) == []
+    _drop_env(_container(_gpu_group(cluster)), "RAY_AUTH_TOKEN")
+    assert any("no Ray token auth" in p for p in checks.check_token_auth(cluster, "x"))
+
+
+def test_serving_and_training_secrets_are_split(manifests: list[Any], rayservice: Any) -> None:
+    """The RayService's pods: read-only S3 keys, the rest of mediscale-secrets key by key, the gate,
+    the key file read-only. The training/tuning/watch RayJobs keep the read-write Secret."""
+    cluster = rayservice.doc["spec"]["rayClusterConfig"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        container = _container(group)
+        assert {"secretRef": {"name": "mediscale-s3-readonly"}} in container["envFrom"]
+        assert "mediscale-secrets" not in [r.get("secretRef", {}).get("name") for r in container["envFrom"]]
+        env = {e["name"]: e for e in container["env"]}
+        assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(env)
+        assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"]["value"] == "serve.gate:proxy_middlewares"
+        assert env["MLFLOW_ALLOW_MODEL_CODE_EXECUTION"]["value"] == "false"
+        assert env["MEDISCALE_API_KEYS_FILE"]["value"] == "/etc/mediscale/keys/keys.json"
+        assert _mount(container, "api-keys") == {
+            "name": "api-keys",
+            "mountPath": "/etc/mediscale/keys",
+            "readOnly": True,
+        }
+        assert _volume(group, "api-keys")["secret"]["secretName"] == "mediscale-api-keys"
+    for name in ("mediscale-train-tabular", "mediscale-tune-xgboost", "mediscale-monitor-watch"):
+        spec = _one(manifests, "RayJob", name).doc["spec"]["rayClusterSpec"]
+        assert {"secretRef": {"name": "mediscale-secrets"}} in _container(spec["headGroupSpec"])["envFrom"]
+    config = _one(manifests, "ConfigMap", "mediscale-config").doc["data"]
+    assert config["MEDISCALE_ENV"] == "production"
+
+
+def test_secret_templates_and_references(manifests: list[Any]) -> None:
+    """Each Secret the manifests name is a template with exactly its keys, placeholders only; a
+    reference to a Secret or key no template holds is caught."""
+    secrets = {m.doc["metadata"]["name"]: m for m in manifests if m.doc["kind"] == "Secret"}
+    assert {name: set(m.doc["stringData"]) for name, m in secrets.items()} == checks.SECRET_TEMPLATES
+    assert checks.check_secret_refs(manifests) == []
+    unknown = copy.deepcopy(secrets["mediscale-ray-auth"].doc)
+    unknown["metadata"]["name"] = "mediscale-ray-token"
+    unknown["stringData"]["token"] = "s3cret"
+    problems = checks.check_manifest(_with(secrets["mediscale-ray-auth"], unknown), RAY_VERSION)
+    assert any("unexpected Secret 'mediscale-ray-token'" in p for p in problems), problems
+    assert any("token: not a <placeholder>" in p for p in problems), problems
+    others = [
+        m for m in manifests if m.doc["kind"] != "Secret" or m.doc["metadata"]["name"] != "mediscale-ray-auth"
+    ]
+    assert any("refers to Secret 'mediscale-ray-auth'" in p for p in checks.check_secret_refs(others)), (
+        "authOptions.secretName must name a templated Secret"
+    )
+    service = copy.deepcopy(_one(manifests, "RayService").doc)
+    _container(service["spec"]["rayClusterConfig"]["headGroupSpec"])["env"][0]["valueFrom"]["secretKeyRef"][
+        "key"
+    ] = "MLFLOW_USER"
+    broken = [_with(m, service) if m.doc["kind"] == "RayService" else m for m in manifests]
+    assert any(
+        "key 'MLFLOW_USER' of Secret 'mediscale-secrets'" in p for p in checks.check_secret_refs(broken)
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "url", "allowed"),
+    [
+        ("MLFLOW_TRACKING_URI", "https://mlflow.mlflow.svc.cluster.local", True),
+        ("MLFLOW_TRACKING_URI", "http://mlflow.mlflow.svc.cluster.local:5000", False),
+        ("MEDISCALE_S3_ENDPOINT_URL", "HTTP://minio.minio.svc.cluster.local:9000", False),
+        ("MEDISCALE_S3_ENDPOINT_URL", "http://localhost:9000", True),
+        ("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000", True),
+        ("MEDISCALE_SERVICE_URL", "http://mediscale-serve-svc:8000", True),
+        ("MEDISCALE_SERVICE_URL", "http://mediscale-serve-svc.mediscale.svc.cluster.local:8000", True),
+        ("MEDISCALE_SERVICE_URL", "http://mediscale.example.org", False),
+        ("MLFLOW_TRACKING_URI", "http://mediscale-serve-svc:8000", False),
+        ("MEDISCALE_DATA_DIR", "/mnt/mediscale", True),
+    ],
+)
+def test_plain_http_urls(key: str, url: str, allowed: bool) -> None:
+    assert checks.plain_http_allowed(key, url) is allowed
+
+
+def test_configmap_with_plain_http_is_caught(manifests: list[Any]) -> None:
+    configmap = _one(manifests, "ConfigMap", "mediscale-config")
+    assert configmap.doc["data"]["MLFLOW_TRACKING_URI"].startswith("https://")
+    assert configmap.doc["data"]["MEDISCALE_S3_ENDPOINT_URL"].startswith("https://")
+    doc = copy.deepcopy(configmap.doc)
+    doc["data"]["MLFLOW_TRACKING_URI"] = "http://mlflow.mlflow.svc.cluster.local:5000"
+    problems = checks.check_manifest(_with(configmap, doc), RAY_VERSION)
+    assert any("MLFLOW_TRACKING_URI" in p and "plain http" in p for p in problems), problems
+
+
+# NetworkPolicies
+
+
+def _policy(manifests: list[Any], name: str) -> Any:
+    return _one(manifests, "NetworkPolicy", name)
+
+
+def _with_policy(manifests: list[Any], name: str, change: Callable[[dict], Any]) -> list[Any]:
+    """The manifests with one NetworkPolicy changed (or dropped, when `change` returns False)."""
+    out = []
+    for m in manifests:
+        if m.doc.get("kind") == "NetworkPolicy" and m.doc["metadata"]["name"] == name:
+            doc = copy.deepcopy(m.doc)
+            if change(doc) is False:
+                continue
+            m = _with(m, doc)
+        out.append(m)
+    return out
+
+
+def test_network_policies_isolate_every_ray_cluster(manifests: list[Any]) -> None:
+    policies = [m.doc for m in manifests if m.doc["kind"] == "NetworkPolicy"]
+    assert checks.check_network_policies(manifests) == []
+    pods = checks.ray_pods(manifests)
+    assert {p.cluster for p in pods} == {m.doc["metadata"]["name"] for m in _clusters(manifests)}
+    serving_head = next(p for p in pods if p.cluster == "mediscale" and p.head)
+    dev_worker = next(p for p in pods if p.cluster == "mediscale-dev" and not p.head)
+    other = checks.Source.of("x", "mediscale", dev_worker.labels)
+    assert not checks.ingress_admits(policies, serving_head.labels, 8265, other)
+    assert not checks.ingress_admits(policies, serving_head.labels, 6379, other)
+    operator = checks.Source.of("op", "kuberay-system", {"app.kubernetes.io/name": "kuberay-operator"})
+    assert checks.ingress_admits(policies, serving_head.labels, 8265, operator)
+    assert not checks.ingress_admits(policies, serving_head.labels, 6379, operator)
+    clinicians = checks.Source.of(
+        "in", {"kubernetes.io/metadata.name": "ingress", "mediscale.io/clinician-ingress": "true"}
+    )
+    serving_worker = next(p for p in pods if p.cluster == "mediscale" and not p.head)
+    assert checks.ingress_admits(policies, serving_worker.labels, 8000, clinicians)
+    assert not checks.ingress_admits(policies, serving_worker.labels, 8265, clinicians)
+    assert not checks.ingress_admits(policies, {"app": "anything"}, 8000, clinicians)  # default deny
+
+
+def _drop_peer(doc: dict, index: int) -> None:
+    del doc["spec"]["ingress"][0]["from"][index]
+
+
+BROKEN_NETWORK: dict[str, tuple[str, Callable[[dict], Any], str]] = {
+    "no default deny": ("mediscale-default-deny-ingress", lambda d: False, "no default-deny ingress"),
+    "cluster policy dropped": (
+        "mediscale-train-notes-ray-internal",
+        lambda d: False,
+        "mediscale-train-notes cpu: rayjob-train.yaml#1 RayJob/mediscale-train-notes head cannot reach port",
+    ),
+    "workers cut off from the head": (
+        "mediscale-tune-text-ray-internal",
+        lambda d: d["spec"]["ingress"].pop(0),
+        "cannot reach port 6379 (gcs-server)",
+    ),
+    "operator on every port": (
+        "mediscale-ray-from-operator",
+        lambda d: d["spec"]["ingress"][0].pop("ports"),
+        "port 6379 (gcs-server) is open to the KubeRay operator",
+    ),
+    "operator cut off": (
+        "mediscale-ray-from-operator",
+        lambda d: d["spec"]["ingress"][0]["ports"][0].update(port=8266),
+        "the KubeRay operator cannot reach the dashboard port 8265",
+    ),
+    "serve rule on every port": (
+        "mediscale-serve",
+        lambda d: d["spec"]["ingress"][0].pop("ports"),
+        "port 8265 (dashboard) is open to the ingress namespace",
+    ),
+    "cluster open to another cluster": (
+        "mediscale-dev-ray-internal",
+        lambda d: d["spec"]["ingress"][0]["from"][0]["podSelector"].update(
+            matchLabels={}, matchExpressions=[{"key": "mediscale.io/ray-cluster", "operator": "Exists"}]
+        ),
+        "is open to pods of rayjob-",
+    ),
+    "dashboard open to all namespaces": (
+        "mediscale-monitor-decide-ray-internal",
+        lambda d: d["spec"]["ingress"].append(
+            {
+                "from": [
+                    {
+                        "namespaceSelector": {
+                            "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "Exists"}]
+                        }
+                    }
+                ],
+                "ports": [{"port": 8265}],
+            }
+        ),
+        "port 8265 (dashboard) is open to pods of other namespaces",
+    ),
+    "submitter cut off": (
+        "mediscale-train-tabular-ray-internal",
+        lambda d: d["spec"]["ingress"].pop(1),
+        "the submitter pod of rayjob-train.yaml#0 RayJob/mediscale-train-tabular cannot reach the dashboard",
+    ),
+    "no scrape": (
+        "mediscale-ray-metrics",
+        lambda d: d["spec"]["ingress"][0]["ports"].pop(0),
+        "Prometheus (prometheus-system) cannot scrape metrics (8080)",
+    ),
+    "clinicians cut off": (
+        "mediscale-serve",
+        lambda d: _drop_peer(d, 0),
+        "the clinician ingress namespace cannot reach Serve (8000)",
+    ),
+    "monitor cut off": (
+        "mediscale-serve",
+        lambda d: _drop_peer(d, 1),
+        "the monitor job rayjob-monitor.yaml#0 RayJob/mediscale-monitor-decide head cannot reach Serve",
+    ),
+    "serve open to every namespace": (
+        "mediscale-serve",
+        lambda d: d["spec"]["ingress"][0]["from"][0]["namespaceSelector"].update(
+            matchLabels={}, matchExpressions=[{"key": "kubernetes.io/metadata.name", "operator": "Exists"}]
+        ),
+        "Serve (8000) is open to pods of other namespaces",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_NETWORK)
+def test_broken_network_policy_is_caught(manifests: list[Any], case: str) -> None:
+    name, change, expected = BROKEN_NETWORK[case]
+    problems = checks.check_network_policies(_with_policy(manifests, name, change))
+    assert any(expected in p for p in problems), problems
+
+
+def test_ray_pods_without_the_cluster_label_or_submitter_label_are_caught(manifests: list[Any]) -> None:
+    job = _one(manifests, "RayJob", "mediscale-tune-xgboost")
+    doc = copy.deepcopy(job.doc)
+    del _cpu_group(doc["spec"]["rayClusterSpec"])["template"]["metadata"]
+    del doc["spec"]["submitterPodTemplate"]["metadata"]
+    broken = [_with(job, doc) if m is job else m for m in manifests]
+    problems = checks.check_network_policies(broken)
+    assert any("cpu: pod template label mediscale.io/ray-cluster" in p for p in problems), problems
+    assert any("submitter pod of" in p and "cannot reach the dashboard port 8265" in p for p in problems)
+    assert any("mediscale.io/ray-submitter" in p for p in checks.check_rayjob(_with(job, doc), RAY_VERSION))
+    assert any("no NetworkPolicy" in p for p in checks.check_network_policies([job]))
+    only_deny = [
+        m
+        for m in manifests
+        if m.doc["kind"] != "NetworkPolicy" or m.doc["metadata"]["name"] == "mediscale-default-deny-ingress"
+    ]
+    problems = checks.check_network_policies(only_deny)
+    assert any("no NetworkPolicy (but the default deny) selects these Ray pods" in p for p in problems)
+
+
+def test_networkpolicy_fields_are_checked(manifests: list[Any]) -> None:
+    policy = _policy(manifests, "mediscale-serve")
+    doc = copy.deepcopy(policy.doc)
+    doc["apiVersion"] = "extensions/v1beta1"
+    doc["spec"]["ingres"] = doc["spec"].pop("ingress")
+    problems = checks.check_manifest(_with(policy, doc), RAY_VERSION)
+    assert any("apiVersion 'extensions/v1beta1'" in p for p in problems), problems
+    assert any("ingres: unknown field (did you mean 'ingress'?)" in p for p in problems), problems
+    doc = copy.deepcopy(policy.doc)
+    del doc["spec"]["podSelector"]
+    rule = doc["spec"]["ingress"][0]
+    rule["from"][0]["namespaceSelector"]["matchLabels"]["mediscale.io/clinician-ingress"] = True
+    doc["spec"]["ingress"].append({"ports": [{"port": 8000}]})
+    doc["spec"]["ingress"].append({"from": [{"namespaceSelector": {}}, {"ipBlock": {"cidr": "0.0.0.0/0"}}]})
+    problems = checks.check_networkpolicy(_with(policy, doc))
+    assert any("podSelector: required" in p for p in problems), problems
+    assert any("must be a string (quote it)" in p for p in problems), problems
+    assert any("ingress[1]: no `from`: admits every source" in p for p in problems), problems
+    assert any("namespaceSelector: {} admits every namespace" in p for p in problems), problems
+    assert any("0.0.0.0/0 admits every address" in p for p in problems), problems

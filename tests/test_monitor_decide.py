@@ -112,7 +112,7 @@ def store(tmp_path: Path):
 
 @pytest.fixture
 def registry_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A real MLflow registry with readmission-tabular v1 (champion) and v2 (challenger)."""
+    """A real MLflow registry with readmission-tabular v1 (champion) and v2 (approved challenger)."""
     from ml import registry
 
     home = tmp_path / "home"
@@ -126,7 +126,7 @@ def registry_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         source.mkdir(exist_ok=True)
         client.create_model_version("readmission-tabular", source=str(source))
     client.set_registered_model_alias("readmission-tabular", "champion", "1")
-    client.set_registered_model_alias("readmission-tabular", "challenger", "2")
+    registry.approve("readmission-tabular", "2", "test fixture", "the challenger under test")
     return home
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from serving import app_config, deploy
+from serving import app_config, auth, deploy
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def _app(serve_port: int, name: str, registered_models: dict, store: Path, route
 def _predict(url: str, records: list[dict], prefix: str) -> list[dict]:
     """Each record as a new patient `prefix-i`, in batches, with request ids `prefix-b<k>-<i>`."""
     out = []
-    with httpx.Client(timeout=120) as http:
+    with httpx.Client(headers=auth(), timeout=120) as http:
         for start in range(0, len(records), 200):
             chunk = [
                 {**r, "patient_id": f"{prefix}-{start + i}"}
@@ -125,7 +125,7 @@ def _outcomes(pairs: dict[str, dict], better: str | None, seed: int) -> dict[str
 def _feedback(url: str, outcomes: dict[str, bool]) -> None:
     def post(item):
         rid, outcome = item
-        with httpx.Client(timeout=60) as http:
+        with httpx.Client(headers=auth(), timeout=60) as http:
             return http.post(f"{url}/feedback", json={"request_id": rid, "outcome": outcome}).status_code
 
     with ThreadPoolExecutor(8) as pool:
@@ -221,7 +221,7 @@ def test_decide_apply_promotes_the_better_challenger_then_rolls_back_a_worse_one
         assert promoted["apply"]["changed"] is True
         again = _monitor(env, "decide", "--as-of", _after_maturity(made), "--apply", *common)
         assert again["id"] == promoted["id"] and again["apply"]["changed"] is False
-        with httpx.Client(timeout=60) as http:
+        with httpx.Client(headers=auth(), timeout=60) as http:
             deadline = time.time() + 30
             while time.time() < deadline:
                 body = http.get(f"{url}/variants").json()

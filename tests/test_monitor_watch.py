@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from serving import auth
 
 from monitor.k8s import SubmitError, rayjob_body
 from monitor.watch import (
@@ -92,6 +93,91 @@ def test_the_cronjob_submits_the_watch_rayjob_under_a_generated_name() -> None:
         rayjob_body("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
 
 
+def test_a_pass_registers_pending_versions_and_says_approval_is_needed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fast tier, real registry and store, fake jobs and service: the new version stays pending (no
+    alias moves), the result names the approve command, and the traffic override only applies once
+    the challenger serves the new version. A job that registers nothing is a failed retrain."""
+    from types import SimpleNamespace
+
+    from ml import registry
+    from monitor import watch
+    from serve import control
+    from serve.store import PredictionStore
+
+    monkeypatch.setenv("MEDISCALE_DATA_DIR", str(tmp_path / "home"))
+    # Set (empty: "unset" to Settings), not deleted: mlflow exports the local URI into the
+    # environment, and a Ray cluster started later by another test must not inherit it.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    registry.configure()
+    client = registry._client()
+    files = tmp_path / "files"
+    files.mkdir()
+    client.create_registered_model("readmission-tabular")
+    client.create_model_version("readmission-tabular", source=str(files), tags={"approval": "bootstrap"})
+    for alias in ("champion", "challenger"):
+        client.set_registered_model_alias("readmission-tabular", alias, "1")
+    features = tmp_path / "features"
+    features.mkdir()
+    (features / "manifest.json").write_text("{}")
+
+    class Job:
+        def __init__(self, registers: bool) -> None:
+            self.registers = registers
+
+        def run(self, component, argv, env, timeout_s):  # a training job's `--register`, in short
+            if self.registers:
+                client.create_model_version(
+                    "readmission-tabular", source=str(files), tags={"approval": "pending"}
+                )
+            return watch.JobResult(component, "fake", "SUCCEEDED", 0.1)
+
+    monkeypatch.setattr(
+        watch,
+        "_service_variants",
+        lambda url: {
+            "champion": {"weight": 0.9, "tabular": "champion"},
+            "challenger": {"weight": 0.1, "tabular": "challenger"},
+        },
+    )
+    config = watch.WatchConfig.model_validate(
+        {"train": [{"component": "tabular", "model": "readmission-tabular", "command": "python -m ml x"}]}
+    )
+
+    def drift(*args, **kwargs):
+        return SimpleNamespace(drift_share=0.9, event_id=None, drifted_columns=[])
+
+    with PredictionStore(f"sqlite:///{tmp_path / 'predictions.db'}") as store:
+        run = {
+            "features": str(features),
+            "service_url": "http://unused",
+            "drift_check": drift,
+            "threshold": 0.5,
+        }
+        forgot = watch.run_pass(store, config, runner=Job(registers=False), **run)
+        assert forgot.outcome == "retrain_failed" and "registered no new version" in forgot.reason
+
+        result = watch.run_pass(store, config, runner=Job(registers=True), **run)
+        assert result.outcome == "retrained" and result.new_versions == {"tabular": "2"}
+        assert result.pending_approval == {"readmission-tabular": "2"}
+        assert result.approve_commands == [
+            "python -m ml registry approve readmission-tabular 2 --by NAME --reason TEXT"
+        ]
+        assert "APPROVAL NEEDED" in result.reason and "never approved or promoted" in result.reason
+        assert registry.version_for("readmission-tabular", "challenger") == "1"  # nothing exposed
+        assert result.as_dict()["pending_approval"] == {"readmission-tabular": "2"}  # in the JSON
+
+        overrides = control.latest_overrides(store)
+        assert overrides["challenger"].model_versions == {"tabular": "2"}
+        assert "once approved" in overrides["challenger"].reason
+        configured = {"champion": 0.9, "challenger": 0.1}
+        before = control.effective_weights(configured, {"challenger": {"tabular": "1"}}, overrides)
+        assert before == configured  # the override waits for the approved version
+        [event] = control.events(store, kind="watch", limit=1)
+        assert event.payload["pending_approval"] == {"readmission-tabular": "2"}
+
+
 # --------------------------------------------------------------------------- a whole pass
 
 
@@ -119,7 +205,7 @@ def _serve_app(serve_port: int, home: Path, store: Path) -> str:
 def _send(url: str, records: list[dict], prefix: str) -> None:
     import httpx
 
-    with httpx.Client(timeout=120) as http:
+    with httpx.Client(headers=auth(), timeout=120) as http:
         for start in range(0, len(records), 100):
             chunk = [
                 {**r, "patient_id": f"{prefix}-{start + i}"}
@@ -160,7 +246,7 @@ def _watch(env: dict, *args: str) -> dict:
 
 
 @pytest.mark.slow
-def test_a_lab_and_vitals_outage_retrains_a_challenger_that_gets_its_share_and_is_never_promoted(
+def test_a_lab_and_vitals_outage_retrains_a_challenger_that_waits_for_approval_and_is_never_promoted(
     registered_models: dict,
     synthetic_raw: Path,
     synthetic_features: Path,
@@ -168,9 +254,10 @@ def test_a_lab_and_vitals_outage_retrains_a_challenger_that_gets_its_share_and_i
     tmp_path: Path,
 ) -> None:
     """Normal traffic: the pass finds no drift and changes nothing. Then the lab and vitals feeds
-    stop: the pass retrains (a real training run, registered), the new version becomes the
-    challenger with 10% of traffic in the running service, champion stays, and both passes are
-    in the audit table."""
+    stop: the pass retrains (a real training run, registered pending approval) and says approval
+    is needed; nothing new is served until `ml registry approve`, after which the new version is
+    the challenger with 10% of traffic in the running service; champion stays, and both passes
+    and the approval are in the audit table."""
     import os
     import shutil
     from datetime import UTC, datetime
@@ -231,17 +318,38 @@ def test_a_lab_and_vitals_outage_retrains_a_challenger_that_gets_its_share_and_i
     [job] = retrained["jobs"]
     assert job["status"] == "SUCCEEDED" and job["component"] == "tabular"
 
-    after = _aliases(env)
-    new = after["challenger"]
+    new = retrained["new_versions"]["tabular"]
     assert int(new) > int(before["challenger"])
-    assert retrained["new_versions"] == {"tabular": new}
+    assert _aliases(env) == before  # registered, not exposed: pending approval
+    assert retrained["pending_approval"] == {"readmission-tabular": new}
+    assert retrained["approve_commands"] == [
+        f"python -m ml registry approve readmission-tabular {new} --by NAME --reason TEXT"
+    ]
+    assert "APPROVAL NEEDED" in retrained["reason"]
+    assert retrained["challenger_versions"] == {"tabular": new}  # what approval will expose
+    time.sleep(3)  # a few alias refreshes: the service still serves the approved challenger only
+    variants = httpx.get(f"{url}/variants", timeout=10).json()["variants"]
+    assert variants["challenger"]["versions"]["tabular"] == before["challenger"]
+
+    import subprocess
+
+    approved = subprocess.run(
+        [sys.executable, "-m", "ml", "registry", "approve", "readmission-tabular", new,
+         "--by", "Dr Watch Test", "--reason", "retrained after the lab outage; reviewed"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert approved.returncode == 0, approved.stderr[-2000:]
+    assert f"readmission-tabular v{new} approved by Dr Watch Test" in approved.stdout
+    assert "WARNING" not in approved.stderr
+    after = _aliases(env)
+    assert after["challenger"] == new
     assert after["champion"] == before["champion"]  # never promoted
 
     # The running service: the challenger serves the new version with 10% of the traffic.
     assert retrained["challenger_weight"] == pytest.approx(0.1)
     deadline = time.time() + 60
     while True:
-        variants = httpx.get(f"{url}/variants", timeout=10).json()["variants"]
+        variants = httpx.get(f"{url}/variants", headers=auth(), timeout=10).json()["variants"]
         if (variants["challenger"]["versions"] or {}).get("tabular") == new or time.time() > deadline:
             break
         time.sleep(1)
@@ -258,3 +366,6 @@ def test_a_lab_and_vitals_outage_retrains_a_challenger_that_gets_its_share_and_i
             retrained["drift_event_id"],
             steady["drift_event_id"],
         ]
+        [approval] = control.events(store, kind="approval")
+        assert approval.model_versions == {"readmission-tabular": new}
+        assert approval.payload["approver"] == "Dr Watch Test"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serving import app_config, deploy
+from serving import app_config, auth, deploy
 
 from serve.app import (
     RouterConfig,
@@ -48,7 +48,7 @@ def base_url(serve_port: int, app_args: dict) -> str:
 
 @pytest.fixture
 def client(base_url: str):
-    with httpx.Client(base_url=base_url, timeout=60) as http:
+    with httpx.Client(headers=auth(), base_url=base_url, timeout=60) as http:
         yield http
 
 
@@ -256,7 +256,9 @@ def test_behavioural_probes_over_http(serve_port: int, app_args: dict) -> None:
     }
     deploy(app_config("clinic", "/clinic", app_args, router))
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{serve_port}/clinic", timeout=60) as http:
+        with httpx.Client(
+            headers=auth(), base_url=f"http://127.0.0.1:{serve_port}/clinic", timeout=60
+        ) as http:
 
             def score(bodies: list[dict]) -> list[dict]:
                 out = []
@@ -311,7 +313,7 @@ class Hammer:
         self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
 
     def _run(self, index: int) -> None:
-        with httpx.Client(base_url=self.base_url, timeout=60) as http:
+        with httpx.Client(headers=auth(), base_url=self.base_url, timeout=60) as http:
             i = 0
             while not self.stop.is_set():
                 i += 1
@@ -402,7 +404,9 @@ def test_a_model_that_fails_to_load_makes_healthz_and_predict_503(serve_port: in
     args = {**app_args, "note_model": "no-such-note-model"}
     deploy(app_config("broken", "/broken", args, {**ROUTER, "shadow": False}))
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{serve_port}/broken", timeout=60) as http:
+        with httpx.Client(
+            headers=auth(), base_url=f"http://127.0.0.1:{serve_port}/broken", timeout=60
+        ) as http:
             health = http.get("/healthz")
             assert health.status_code == 503 and "no-such-note-model" in health.json()["reason"]
             reply = http.post("/predict", json=EXAMPLE)
@@ -417,7 +421,7 @@ def test_postgres_store_end_to_end(serve_port: int, app_args: dict, postgres_url
 
     deploy(app_config("pg", "/pg", {**app_args, "store_url": postgres_url}, {**ROUTER, "shadow": False}))
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{serve_port}/pg", timeout=60) as http:
+        with httpx.Client(headers=auth(), base_url=f"http://127.0.0.1:{serve_port}/pg", timeout=60) as http:
             rid = http.post("/predict", json=EXAMPLE).json()["request_id"]
             assert http.post("/feedback", json={"request_id": rid, "outcome": False}).status_code == 200
         with PredictionStore(postgres_url) as db:

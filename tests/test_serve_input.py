@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serving import app_config, deploy
+from serving import app_config, auth, deploy
 
 from serve.records import MAX_BATCH_ID, MAX_BODY_BYTES
 
@@ -49,7 +49,7 @@ def base_url(serve_port: int, registered_models: dict, store_path: Path) -> str:
 
 @pytest.fixture
 def client(base_url: str):
-    with httpx.Client(base_url=base_url, timeout=60) as http:
+    with httpx.Client(headers=auth(), base_url=base_url, timeout=60) as http:
         yield http
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serving import app_config, deploy
+from serving import app_config, auth, deploy
 
 from serve import metrics
 from serve.records import risk_band
@@ -153,7 +153,7 @@ def traffic(base_url: str, app_args: dict) -> dict:
     served: list[dict] = []
     predict_ok: Counter[str] = Counter()
     patients = {v: patients_of(v, 4, f"metrics-{v}") for v in VARIANTS}
-    with httpx.Client(base_url=base_url, timeout=60) as http:
+    with httpx.Client(headers=auth(), base_url=base_url, timeout=60) as http:
         for variant, pids in patients.items():
             for pid in pids[:3]:
                 reply = http.post("/predict", json={"patient_id": pid, "age": 70, "clinical_note": NOTE})
@@ -473,7 +473,7 @@ def test_prometheus_scrapes_a_per_variant_request_rate(prometheus: str, base_url
     # Ray exports every few seconds and Prometheus needs two samples in the window; a loaded CI
     # machine (the whole suite on 2 cores) once gave none within 120 s.
     deadline = time.time() + 300
-    with httpx.Client(base_url=base_url, timeout=60) as http:
+    with httpx.Client(headers=auth(), base_url=base_url, timeout=60) as http:
         while time.time() < deadline:
             for pid in patients.values():  # steady traffic while Prometheus takes its samples
                 # one-record batches: the other test's exact /predict counts stay exact in any order

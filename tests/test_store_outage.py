@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 import sqlalchemy as sa
-from serving import app_config, deploy
+from serving import app_config, auth, deploy
 
 ROUTER = {
     "variants": {"champion": {"weight": 1.0, "tabular": "champion"}},
@@ -36,7 +36,7 @@ def stored(url: str) -> list[str]:
 
 
 def test_postgres_down_is_503_and_service_resumes_when_it_returns(base_url: str, own_postgres) -> None:
-    with httpx.Client(base_url=base_url, timeout=60) as http:
+    with httpx.Client(headers=auth(), base_url=base_url, timeout=60) as http:
         first = http.post("/predict", json={"age": 70}, headers={"x-request-id": "pg-1"})
         assert first.status_code == 200, first.text
         assert http.get("/healthz").status_code == 200

@@ -2,8 +2,9 @@
 
 Each command is a thin shell over a pure function (`tune.xgboost_search.tune_xgboost`): it
 joins the cluster (RAY_ADDRESS under `ray job submit`, else a local Ray), runs the search,
-retrains and registers the best configuration, and prints the JSON result on stdout. Tune's
-progress table and the best-trials summary go to stderr, so stdout can be piped.
+retrains and registers the best configuration (pending approval: `python -m ml registry approve`
+exposes it), and prints the JSON result on stdout. Tune's progress table and the best-trials
+summary go to stderr, so stdout can be piped.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def xgboost_search(
     max_concurrent: int | None = MAX_CONCURRENT_OPTION,
     resume: bool = RESUME_OPTION,
     name: str | None = NAME_OPTION,
-    register: bool = typer.Option(True, help="Register the retrained best model as challenger."),
+    register: bool = typer.Option(True, help="Register the retrained best model (pending approval)."),
     max_rounds: int = typer.Option(400, min=1, help="Boosting rounds cap per trial."),
     report_every: int = typer.Option(10, min=1, help="Report to Tune every N rounds."),
     grace_period: int | None = typer.Option(None, min=1, help="ASHA grace period in rounds (2 x report)."),
@@ -128,7 +129,7 @@ def text_search(
     max_concurrent: int = typer.Option(1, min=1, help="Trials at once (each is a Ray Train run)."),
     resume: bool = RESUME_OPTION,
     name: str | None = NAME_OPTION,
-    register: bool = typer.Option(True, help="Register the best trial's model as challenger."),
+    register: bool = typer.Option(True, help="Register the best trial's model (pending approval)."),
     max_steps: int = typer.Option(60, min=1, help="Optimizer steps per trial."),
     eval_every: int = typer.Option(20, min=1, help="Steps between validation reports (ASHA rungs)."),
     sample: int | None = typer.Option(None, min=10, help="Train rows per trial (quick searches)."),

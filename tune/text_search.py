@@ -24,9 +24,9 @@ Fewer reports are cheaper; each costs an evaluation pass over the validation spl
 The experiment lives in `<data dir>/tune/<name>` (`--resume` continues it with Tuner.restore).
 MLflow: a parent run for the search, one child run per trial, written by the driver (the same
 `MlflowSearchLogger` as the XGBoost search). The best trial's final checkpoint is then
-evaluated on the test split, logged and registered as `challenger` by
-`ml.experiment.train_text` (no retraining: the trial already is a full training run), with its
-search provenance as version tags.
+evaluated on the test split, logged and registered (pending approval: `python -m ml registry
+approve` makes it `challenger`) by `ml.experiment.train_text` (no retraining: the trial already is
+a full training run), with its search provenance as version tags.
 """
 
 from __future__ import annotations

@@ -43,8 +43,9 @@ trial a child run (parameters, `valid_auroc` per
 reported round, rounds run, why it stopped), all written by the driver from a Tune callback:
 one writer, so a sqlite tracking store is never written by many processes at once. The best
 configuration is then retrained by `ml.experiment.train_tabular` (Ray Train, calibrated,
-evaluated on test, registered as challenger) with `max_rounds` = the trial's best round, and
-the registered version is tagged with its search provenance.
+evaluated on test, registered pending approval) with `max_rounds` = the trial's best round, and
+the registered version is tagged with its search provenance. Nothing is served until someone runs
+`python -m ml registry approve` on it.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ class SearchConfig(BaseModel):
     )
     # = ml.experiment.TABULAR_MODEL; not imported here, so trial workers do not load mlflow.pyfunc
     model_name: str = "readmission-tabular"
-    register_best: bool = Field(True, description="Register the retrained best model (challenger).")
+    register_best: bool = Field(True, description="Register the retrained best model (pending approval).")
     n_boot: int = Field(1000, ge=10)
     top_k: int = Field(5, ge=1)
 

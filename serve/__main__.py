@@ -1,0 +1,3 @@
+from serve.cli import app
+
+app(prog_name="python -m serve")
