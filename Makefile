@@ -23,7 +23,14 @@ TABULAR_METRICS := $(MODELS)/tabular_metrics.json
 # tabular model reads. `make note-models` trains it for a variant that names a `note:` model.
 NOTE_ARGS := --task readmission --features $(DATA_DIR)/features --register --sample 256 --epochs 1 \
 	--max-length 128 --head-tokens 32 --cpus-per-worker 2 --n-boot 200
-CURL_EXAMPLE := curl -s localhost:8000/predict -H 'content-type: application/json' \
+# A local development key (role admin), created once by `make run` and kept in the data dir, readable
+# by its owner only. Every endpoint but /healthz needs a key (python -m serve keys ...).
+DEV_KEY := $(DATA_DIR)/dev-api-key
+# The auth gate in Serve's proxy: a refused request never reaches a replica (serve/gate.py).
+SERVE_ENV := RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve.gate:proxy_middlewares RAY_OVERRIDE_RESOURCES='{"CPU": $(RAY_CPUS)}'
+# What `monitor` and the benchmarks send to the service: your MEDISCALE_API_KEY, else the dev key.
+CLIENT_KEY := MEDISCALE_API_KEY=$${MEDISCALE_API_KEY:-$$(cat $(DEV_KEY) 2>/dev/null)}
+CURL_EXAMPLE := curl -s localhost:8000/predict -H "authorization: Bearer $$(cat $(DEV_KEY))" -H 'content-type: application/json' \
 	-d '{"age": 67, "blood_pressure": 140, "prior_admissions_365d": 2, "clinical_note": "Reports chest pain at discharge. Lives alone."}'
 
 .PHONY: run models note-models serve venv data test test-fast lint format bench-data bench-tabular bench-behaviour bench-choices bench-decisions bench-drift monitor-report monitor-decide monitor-drift monitor-watch bench-text bench-tune bench-serve tune clean \
@@ -32,17 +39,24 @@ REGISTRY ?= registry.example.com
 RAY_VERSION := $(shell sed -n 's/^ARG RAY_VERSION=//p' Dockerfile)
 
 # The main job: data, a champion and a challenger of both models, then the service.
-run: models
+run: models $(DEV_KEY)
 	$(BIN)/python -m ml registry list
+	@echo "Your local development API key (role admin), kept in $(DEV_KEY) (mode 600):"
+	@echo "  $$(cat $(DEV_KEY))"
 	@echo "Serving on http://localhost:8000 (docs: /docs). Try:"
-	@echo "  $(CURL_EXAMPLE)"
-	@echo "Monitoring page: http://localhost:8000/dashboard"
-	RAY_OVERRIDE_RESOURCES='{"CPU": $(RAY_CPUS)}' $(BIN)/serve run serve/config.yaml
+	$(info   $(CURL_EXAMPLE))
+	@echo "Monitoring page: http://localhost:8000/dashboard (user name: anything, password: the key)"
+	MEDISCALE_API_KEY=$$(cat $(DEV_KEY)) $(SERVE_ENV) $(BIN)/serve run serve/config.yaml
 
 models: $(TABULAR_METRICS) $(MODELS)/tabular_challenger.json
 
-serve: venv
-	RAY_OVERRIDE_RESOURCES='{"CPU": $(RAY_CPUS)}' $(BIN)/serve run serve/config.yaml
+serve: venv $(DEV_KEY)
+	MEDISCALE_API_KEY=$$(cat $(DEV_KEY)) $(SERVE_ENV) $(BIN)/serve run serve/config.yaml
+
+# Only the key's hash is stored (in the prediction store's `api_keys`); the key itself only here.
+$(DEV_KEY): | venv
+	umask 077 && $(BIN)/python -m serve keys create --role admin --name local-dev-$$(date +%s) --quiet > $@.tmp
+	mv $@.tmp $@
 
 venv: $(VENV)/.installed
 
@@ -113,7 +127,7 @@ bench-text: venv data
 # The served answer: behaviour needs a running service (make run); the others train or read data.
 URL ?= http://localhost:8000
 bench-behaviour: venv
-	$(BIN)/python bench/behaviour.py --url $(URL) --json bench/results/behaviour_default_routing.json
+	$(CLIENT_KEY) $(BIN)/python bench/behaviour.py --url $(URL) --json bench/results/behaviour_default_routing.json
 
 # Error rates of the champion/challenger rule by simulation (about 4 minutes; run it alone).
 bench-decisions: venv
@@ -121,10 +135,10 @@ bench-decisions: venv
 
 # Against the prediction store of `make run` (and its service on :8000 for the weights).
 monitor-report: venv
-	$(BIN)/python -m monitor report
+	$(CLIENT_KEY) $(BIN)/python -m monitor report
 
 monitor-decide: venv
-	$(BIN)/python -m monitor decide
+	$(CLIENT_KEY) $(BIN)/python -m monitor decide
 
 # Drift of a variant's traffic against its model's training reference (Evidently report + JSON).
 VARIANT ?= champion
@@ -135,7 +149,7 @@ monitor-drift: venv
 # One pass of drift-triggered retraining (never promotes); RUNNER=job submits Ray Jobs to RAY_ADDRESS.
 RUNNER ?= local
 monitor-watch: venv
-	$(BIN)/python -m monitor watch --runner $(RUNNER)
+	$(CLIENT_KEY) $(BIN)/python -m monitor watch --runner $(RUNNER)
 
 # Drift detection rate against sample size per synthetic shift, and the false-alarm rate (run it alone).
 bench-drift: venv

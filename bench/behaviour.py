@@ -101,7 +101,10 @@ def run(
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     start = time.monotonic()
     probes = build_probes(mixed_variants=mixed_variants)
-    with httpx.Client(timeout=timeout, transport=transport) as client:
+    from data.config import Settings
+
+    headers = Settings.from_env().service_headers()  # a `predict` or `admin` key (MEDISCALE_API_KEY)
+    with httpx.Client(timeout=timeout, transport=transport, headers=headers) as client:
         scorer = HttpScorer(client, url)
         report = run_probes(
             scorer,

@@ -64,6 +64,22 @@ if TYPE_CHECKING:
     from serve.scoring import Scored
 
 log = logging.getLogger("bench.serve_load")
+HEADERS: dict[str, str] = {}  # the bench's own API key for the Serve app (set in start_serve)
+
+
+def bench_key(folder: Path) -> dict[str, str]:
+    """A `predict` key in a key file of the bench's own, used by the proxy gate and the Router
+    (the environment is set before Ray starts, as `make run` does): auth is part of what is timed."""
+    import os
+
+    from serve.keys import FileKeys, create
+
+    path = folder / "bench-keys.json"
+    path.unlink(missing_ok=True)
+    _, key = create(FileKeys(path), "bench", "predict", rate_per_minute=10_000_000)
+    os.environ["MEDISCALE_API_KEYS_FILE"] = str(path)
+    os.environ["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] = "serve.gate:proxy_middlewares"
+    return {"Authorization": f"Bearer {key}"}
 
 TABULAR = "readmission-tabular"
 NOTE = "readmission-notes"
@@ -533,6 +549,7 @@ def start_serve(args: argparse.Namespace, data_dir: Path, store_url: str, option
     from ray.serve.config import HTTPOptions
     from ray.serve.schema import LoggingConfig
 
+    HEADERS.update(bench_key(data_dir))
     metrics_port = free_port()
     log.info("Ray metrics on port %d", metrics_port)
     for attempt in range(5):  # an overloaded machine can miss Ray's fixed 30 s raylet start-up wait
@@ -604,7 +621,9 @@ async def load_window(
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     done: list[tuple[float, float, str]] = []  # (answered at, latency s, "200" / status / exception)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=httpx.Timeout(120.0)) as client:
+    async with httpx.AsyncClient(
+        base_url=url, limits=limits, timeout=httpx.Timeout(120.0), headers=HEADERS
+    ) as client:
         started = time.perf_counter()
         window_start, window_end = started + warmup_s, started + warmup_s + duration_s
         marks: dict[str, Any] = {}
@@ -654,7 +673,7 @@ def check(url: str, payloads: Payloads) -> dict:
     """One request before any load: it must succeed (a broken set-up is not a benchmark)."""
     import httpx
 
-    reply = httpx.post(f"{url}/predict", json=payloads.next(), timeout=120)
+    reply = httpx.post(f"{url}/predict", json=payloads.next(), headers=HEADERS, timeout=120)
     if reply.status_code != 200:
         raise RuntimeError(f"{url}/predict answered {reply.status_code}: {reply.text[:500]}")
     return reply.json()

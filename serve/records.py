@@ -69,6 +69,17 @@ class Feedback(BaseModel):
     source: Text | None = Field(None, max_length=64)
 
 
+class FeedbackCorrection(BaseModel):
+    """A corrected outcome (`PUT /feedback/{request_id}`, role admin): the old one is kept in the
+    history with who corrected it and why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    outcome: bool = Field(..., strict=True, description="The corrected outcome: true or false only.")
+    reason: Text = Field(..., min_length=1, max_length=512, description="Why (kept in the history).")
+    source: Text | None = Field(None, max_length=64)
+
+
 class Evidence(BaseModel):
     """Where the note says it: character offsets into the submitted `clinical_note`."""
 

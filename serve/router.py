@@ -23,7 +23,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve import metrics
-from serve.auth import REQUEST_ID_STATE, AuthGate, GateContext
+from serve.auth import KEY_STATE, REQUEST_ID_STATE, AuthGate, GateContext
 from serve.auth import policy as access_policy
 from serve.loading import ModelLoader, RegistryLoader
 from serve.records import (
@@ -34,6 +34,7 @@ from serve.records import (
     BatchPrediction,
     BatchRequest,
     Feedback,
+    FeedbackCorrection,
     PatientRecord,
     Prediction,
     StoredPrediction,
@@ -169,6 +170,12 @@ def _request_id(request: Request, limit: int = 128) -> str:
         raise HTTPException(422, f"x-request-id: use 1-{limit} letters, digits or . _ : -")
     setattr(request.state, REQUEST_ID_STATE, given)  # for the audit row
     return given
+
+
+def _key_name(request: Request) -> str | None:
+    """The caller's key name (the auth gate put its record in the request state)."""
+    key = getattr(request.state, KEY_STATE, None)
+    return getattr(key, "name", None)
 
 
 def _cause(exc: BaseException) -> BaseException:
@@ -501,12 +508,20 @@ class Router:
 
         try:
             row = await asyncio.to_thread(
-                self.store.add_feedback, feedback.request_id, feedback.outcome, feedback.source
+                self.store.add_feedback,
+                feedback.request_id,
+                feedback.outcome,
+                feedback.source,
+                key_name=_key_name(request),
             )
         except UnknownRequest:
             raise HTTPException(404, "request_id: no such prediction") from None
         except DuplicateFeedback:
-            raise HTTPException(409, "request_id: feedback already recorded") from None
+            raise HTTPException(
+                409,
+                "request_id: feedback already recorded; a correction is PUT /feedback/{request_id} "
+                "(role admin), which keeps the history",
+            ) from None
         except StoreUnavailable as exc:
             raise _store_down(exc) from None
         setattr(request.state, VARIANT_STATE, row.get("variant"))
@@ -516,6 +531,50 @@ class Router:
             "outcome": feedback.outcome,
             "risk": row.get("risk"),
             "variant": row.get("variant"),
+        }
+
+    @api.put("/feedback/{request_id}")
+    async def correct_feedback(
+        self, request_id: str, correction: FeedbackCorrection, request: Request
+    ) -> dict:
+        """Correct a recorded outcome (role admin); every earlier outcome stays in the history."""
+        from serve.store import StoreUnavailable, UnknownRequest
+
+        if not re.fullmatch(STORED_ID_PATTERN, request_id):
+            raise HTTPException(422, "request_id: not a request id this service gives")
+        try:
+            row = await asyncio.to_thread(
+                self.store.correct_feedback,
+                request_id,
+                correction.outcome,
+                correction.reason,
+                key_name=_key_name(request),
+                source=correction.source,
+            )
+            history = await asyncio.to_thread(self.store.feedback_history, request_id)
+        except UnknownRequest as exc:
+            raise HTTPException(
+                404,
+                "request_id: no such prediction"
+                if "no prediction" in str(exc)
+                else "request_id: no feedback to correct yet (POST /feedback first)",
+            ) from None
+        except StoreUnavailable as exc:
+            raise _store_down(exc) from None
+        setattr(request.state, VARIANT_STATE, row.get("variant"))
+        return {
+            "request_id": request_id,
+            "outcome": correction.outcome,
+            "history": [
+                {
+                    "kind": h["kind"],
+                    "outcome": h["outcome"],
+                    "key_name": h["key_name"],
+                    "reason": h["reason"],
+                    "at": h["created_at"].isoformat() if h["created_at"] else None,
+                }
+                for h in history
+            ],
         }
 
     def _override_view(self, name: str) -> dict | None:

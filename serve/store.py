@@ -196,6 +196,14 @@ def _check_id(name: str, value: object) -> None:
         raise StoreError(f"{name} must be a non-empty string of at most {MAX_ID_LENGTH} characters")
 
 
+def _check_outcome(outcome: object, source: object) -> bool:
+    if not (isinstance(outcome, bool) or outcome in (0, 1)):
+        raise StoreError(f"outcome must be a boolean, got {type(outcome).__name__}")
+    if source is not None and (not isinstance(source, str) or len(source) > 64):
+        raise StoreError("source must be a string of at most 64 characters")
+    return bool(outcome)
+
+
 def _as_utc(moment: datetime) -> datetime:
     """An aware UTC datetime; a naive one is taken to be UTC already."""
     if not isinstance(moment, datetime):
@@ -305,6 +313,25 @@ feedback = sa.Table(
     sa.Column("outcome", sa.Boolean, nullable=False),
     sa.Column("source", sa.String(64)),
     sa.Column("created_at", _TIME, nullable=False),
+)
+
+# Every outcome ever given for a prediction, in order: the first, then each correction (the
+# `prediction_feedback` row is the current one). Only added to, never changed.
+feedback_history = sa.Table(
+    "prediction_feedback_history",
+    metadata,
+    sa.Column(
+        "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+    ),
+    sa.Column("request_id", _ID, sa.ForeignKey("predictions.request_id", ondelete="CASCADE"), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # first | correction
+    sa.Column("outcome", sa.Boolean, nullable=False),
+    sa.Column("previous_outcome", sa.Boolean),
+    sa.Column("source", sa.String(64)),
+    sa.Column("key_name", sa.String(64)),
+    sa.Column("reason", sa.String(512)),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.Index("ix_prediction_feedback_history_request_id", "request_id"),
 )
 
 _PREDICTION_COLUMNS = [c for c in predictions.c if c.name != "id"]
@@ -630,6 +657,7 @@ class PredictionStore:
         outcome: bool,
         source: str | None = None,
         recorded_at: datetime | None = None,
+        key_name: str | None = None,
     ) -> dict[str, Any]:
         """Record the observed outcome of a prediction; returns the joined row (as `get`).
 
@@ -637,27 +665,90 @@ class PredictionStore:
         time ignores it. Backfills from an EHR export set it; the HTTP endpoint never does.
 
         Raises UnknownRequest when the request was never predicted, and DuplicateFeedback when it
-        already has feedback; the first feedback is kept.
+        already has feedback: a later outcome is a correction (`correct_feedback`), not a second
+        first-write. The row and its history entry are written together.
         """
         _check_id("request_id", request_id)
-        if isinstance(outcome, bool) or outcome in (0, 1):
-            outcome = bool(outcome)
-        else:
-            raise StoreError(f"outcome must be a boolean, got {outcome!r}")
-        if source is not None and (not isinstance(source, str) or len(source) > 64):
-            raise StoreError("source must be a string of at most 64 characters")
-        row = {
-            "request_id": request_id,
-            "outcome": outcome,
-            "source": source,
-            "created_at": self.to_db_time(recorded_at or datetime.now(UTC)),
-        }
-        if not self._insert_once(feedback, row):
-            raise DuplicateFeedback(f"feedback for {request_id!r} already stored; the first is kept")
+        outcome = _check_outcome(outcome, source)
+        at = self.to_db_time(recorded_at or datetime.now(UTC))
+        row = {"request_id": request_id, "outcome": outcome, "source": source, "created_at": at}
+        history = {**row, "kind": "first", "key_name": key_name}
+        try:
+            with self.transaction() as conn:
+                if not self._exists(conn, predictions, request_id):
+                    raise UnknownRequest(f"no prediction with request_id {request_id!r}")
+                if self._exists(conn, feedback, request_id):
+                    raise DuplicateFeedback(f"feedback for {request_id!r} already stored")
+                conn.execute(feedback.insert(), row)
+                conn.execute(feedback_history.insert(), history)
+        except IntegrityError:  # a concurrent first write won
+            raise DuplicateFeedback(f"feedback for {request_id!r} already stored") from None
         log.debug("stored feedback for %s", request_id)
         joined = self.get(request_id)
         assert joined is not None  # predictions are never deleted by the store
         return joined
+
+    def correct_feedback(
+        self,
+        request_id: str,
+        outcome: bool,
+        reason: str,
+        key_name: str | None = None,
+        source: str | None = None,
+    ) -> dict[str, Any]:
+        """Replace a prediction's outcome, keeping the old one in the history with who and why.
+
+        Raises UnknownRequest when there is no prediction or no feedback yet to correct. The
+        corrected row's time is the correction's: monitoring as of an earlier time does not see
+        an outcome that was then unknown (nor the wrong one: it is not kept in the current row)."""
+        _check_id("request_id", request_id)
+        outcome = _check_outcome(outcome, source)
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > 512:
+            raise StoreError("reason must be a non-empty string of at most 512 characters")
+        at = self.to_db_time(datetime.now(UTC))
+        with self.transaction() as conn:
+            current = conn.execute(
+                sa.select(feedback.c.outcome).where(feedback.c.request_id == request_id)
+            ).first()
+            if current is None:
+                if not self._exists(conn, predictions, request_id):
+                    raise UnknownRequest(f"no prediction with request_id {request_id!r}")
+                raise UnknownRequest(f"no feedback to correct for request_id {request_id!r}")
+            conn.execute(
+                feedback.update()
+                .where(feedback.c.request_id == request_id)
+                .values(outcome=outcome, source=source, created_at=at)
+            )
+            conn.execute(
+                feedback_history.insert(),
+                {
+                    "request_id": request_id,
+                    "kind": "correction",
+                    "outcome": outcome,
+                    "previous_outcome": bool(current[0]),
+                    "source": source,
+                    "key_name": key_name,
+                    "reason": reason.strip(),
+                    "created_at": at,
+                },
+            )
+        joined = self.get(request_id)
+        assert joined is not None
+        return joined
+
+    def feedback_history(self, request_id: str) -> list[dict[str, Any]]:
+        """Every outcome given for a prediction, oldest first."""
+        stmt = (
+            sa.select(feedback_history)
+            .where(feedback_history.c.request_id == request_id)
+            .order_by(feedback_history.c.id)
+        )
+        try:
+            with self._engine.connect() as conn:
+                rows = conn.execute(stmt).mappings().all()
+        except (DBAPIError, PoolTimeout) as exc:
+            raise StoreUnavailable(_unavailable(exc)) from None
+        return [{**dict(r), "created_at": self.from_db_time(r["created_at"])} for r in rows]
 
     # ----------------------------------------------------------------- reads
 

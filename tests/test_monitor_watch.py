@@ -328,7 +328,7 @@ def test_a_lab_and_vitals_outage_retrains_a_challenger_that_waits_for_approval_a
     assert "APPROVAL NEEDED" in retrained["reason"]
     assert retrained["challenger_versions"] == {"tabular": new}  # what approval will expose
     time.sleep(3)  # a few alias refreshes: the service still serves the approved challenger only
-    variants = httpx.get(f"{url}/variants", timeout=10).json()["variants"]
+    variants = httpx.get(f"{url}/variants", headers=auth(), timeout=10).json()["variants"]
     assert variants["challenger"]["versions"]["tabular"] == before["challenger"]
 
     import subprocess

@@ -155,6 +155,26 @@ def test_second_feedback_is_rejected_and_the_first_kept(store: PredictionStore) 
     assert store.get("f-2")["feedback"]["source"] == "first"
 
 
+def test_a_correction_replaces_the_outcome_and_keeps_the_history(store: PredictionStore) -> None:
+    store.log_prediction(record("c-1"))
+    with pytest.raises(UnknownRequest, match="no feedback to correct"):
+        store.correct_feedback("c-1", True, "chart review")
+    with pytest.raises(UnknownRequest, match="no prediction"):
+        store.correct_feedback("c-none", True, "chart review")
+    store.add_feedback("c-1", False, source="ehr", key_name="ehr-feed")
+    with pytest.raises(StoreError, match="reason"):
+        store.correct_feedback("c-1", True, "  ")
+    row = store.correct_feedback("c-1", True, "readmitted elsewhere (chart review)", key_name="dr-admin")
+    assert row["feedback"]["outcome"] is True and row["feedback"]["source"] is None
+    history = store.feedback_history("c-1")
+    assert [(h["kind"], h["outcome"], h["previous_outcome"], h["key_name"]) for h in history] == [
+        ("first", False, None, "ehr-feed"),
+        ("correction", True, False, "dr-admin"),
+    ]
+    assert history[1]["reason"] == "readmitted elsewhere (chart review)"
+    assert history[1]["created_at"] >= history[0]["created_at"]
+
+
 def test_shadow_is_logged_and_joined(store: PredictionStore) -> None:
     store.log_prediction(record("s-1", variant="champion", risk=0.3))
     assert store.log_shadow("s-1", "challenger", {"tabular": "4", "note": "2"}, 0.35) is True
