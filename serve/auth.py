@@ -126,6 +126,34 @@ async def _answer(send, status: int, detail: str, headers: dict[str, str] | None
     await send({"type": "http.response.body", "body": body})
 
 
+REPLICA_LOST = (
+    "the replica answering this request stopped; retry with the same x-request-id (a 409 then "
+    "means it was stored: GET /predictions/{request_id} returns it)"
+)
+
+
+class _ReplicaLost:
+    """The proxy's own plain-text 500 (a replica died mid-request) becomes a JSON 503 that says
+    the request is safe to retry; the apps' 500s are JSON and pass unchanged."""
+
+    def __init__(self, send):
+        self.send = send
+        self.rewriting = False
+
+    async def __call__(self, message):
+        if message["type"] == "http.response.start" and message["status"] == 500:
+            headers = dict((k.lower(), v) for k, v in message.get("headers") or [])
+            if not headers.get(b"content-type", b"").startswith(b"application/json"):
+                self.rewriting = True
+                return
+        if self.rewriting and message["type"] == "http.response.body":
+            if message.get("more_body"):
+                return  # drop the proxy's text; the JSON goes out with the last part
+            self.rewriting = False
+            return await _answer(self.send, 503, REPLICA_LOST, {"Retry-After": "1"})
+        await self.send(message)
+
+
 class AuthGate:
     """Pure ASGI middleware: authenticate, authorize, rate-limit, then audit what was answered.
 
@@ -202,7 +230,7 @@ class AuthGate:
             await send(message)
 
         if self.where == "proxy":  # the replica audits what it answers
-            return await self.app(scope, receive, send)
+            return await self.app(scope, receive, _ReplicaLost(send))
         try:
             await self.app(scope, receive, send_status)
         finally:

@@ -314,3 +314,26 @@ def test_the_rate_limit_is_shared_by_the_replicas_and_says_when(base_url: str, s
         httpx.get(f"{base_url}/variants", headers=auth("read")).json()["replica"]["pid"] for _ in range(12)
     }
     assert len(pids) == 2  # two Router replicas answered this module's calls
+
+
+def test_the_proxy_s_own_500_becomes_a_retryable_503_and_app_500s_pass() -> None:
+    import asyncio
+
+    from serve.auth import _ReplicaLost
+
+    async def run(start_headers: list, body: bytes) -> list[dict]:
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        wrapped = _ReplicaLost(send)
+        await wrapped({"type": "http.response.start", "status": 500, "headers": start_headers})
+        await wrapped({"type": "http.response.body", "body": body})
+        return sent
+
+    lost = asyncio.run(run([(b"content-type", b"text/plain; charset=utf-8")], b"Internal Server Error"))
+    assert lost[0]["status"] == 503 and (b"retry-after", b"1") in lost[0]["headers"]
+    assert "same x-request-id" in json.loads(lost[1]["body"])["detail"]
+    own = asyncio.run(run([(b"content-type", b"application/json")], b'{"detail": "internal error"}'))
+    assert own[0]["status"] == 500 and own[1]["body"] == b'{"detail": "internal error"}'
