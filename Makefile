@@ -81,9 +81,15 @@ $(TABULAR_METRICS): $(DATA_DIR)/features/manifest.json
 	$(BIN)/python -m ml train-tabular --features $(DATA_DIR)/features --register --metrics-out $@ --n-boot 500
 
 # Second configurations, registered as challengers (champion stays until `ml registry promote`).
+# Registering never exposes a model: the second one is approved here, by name, as a person would
+# (`ml registry approve`, recorded in the registry and the audit table), to start the experiment.
 $(MODELS)/tabular_challenger.json: $(TABULAR_METRICS)
-	$(BIN)/python -m ml train-tabular --features $(DATA_DIR)/features --register --metrics-out $@ --n-boot 500 \
+	$(BIN)/python -m ml train-tabular --features $(DATA_DIR)/features --register --metrics-out $@.tmp --n-boot 500 \
 		--max-depth 3 --learning-rate 0.1 --scale-pos-weight auto
+	$(BIN)/python -m ml registry approve readmission-tabular \
+		$$($(BIN)/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["registered"]["version"])' $@.tmp) \
+		--by "make run (local development)" --reason "the demo's second configuration, on synthetic data"
+	mv $@.tmp $@
 
 note-models: $(MODELS)/notes_metrics.json $(MODELS)/notes_challenger.json
 
@@ -91,7 +97,11 @@ $(MODELS)/notes_metrics.json: $(TABULAR_METRICS)
 	$(BIN)/python -m ml train-notes $(NOTE_ARGS) --learning-rate 5e-5 --metrics-out $@
 
 $(MODELS)/notes_challenger.json: $(MODELS)/notes_metrics.json
-	$(BIN)/python -m ml train-notes $(NOTE_ARGS) --learning-rate 1e-4 --metrics-out $@
+	$(BIN)/python -m ml train-notes $(NOTE_ARGS) --learning-rate 1e-4 --metrics-out $@.tmp
+	$(BIN)/python -m ml registry approve readmission-notes \
+		$$($(BIN)/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["registered"]["version"])' $@.tmp) \
+		--by "make note-models (local development)" --reason "the demo's second configuration, on synthetic data"
+	mv $@.tmp $@
 
 test: venv
 	$(BIN)/pytest

@@ -490,6 +490,18 @@ def resolve(name: str, ref: str | int) -> str:
     return version_for(name, text)
 
 
+def check_exposable(name: str, version: str | int) -> None:
+    """RegistryError unless the version was approved (or is a model's bootstrap version): a
+    version number pinned in a serving config must not skip the approval step."""
+    mv = _version(_client(), name, version)
+    state = (mv.tags or {}).get(APPROVAL_TAG)
+    if state not in EXPOSABLE:
+        raise RegistryError(
+            f"{name} v{mv.version} is not approved for patients (approval: {state or 'none'}): "
+            f"python -m ml registry approve {name} {mv.version} --by WHO --reason WHY"
+        )
+
+
 def load_version(name: str, version: str | int) -> Any:
     """The pyfunc model of one fixed version. Loading it runs the model's code file (or unpickles an
     older version) from the artifact store: serving uses `load_verified` instead."""

@@ -36,9 +36,14 @@ class RegistryLoader:
         registry.configure(settings)
 
     def resolve(self, name: str, ref: str) -> str:
+        """The version a reference names; a pinned number must be approved (aliases only ever
+        point at approved versions: `approve`, `promote` and `rollback` move them)."""
         from ml import registry
 
-        return registry.resolve(name, ref)
+        version = registry.resolve(name, ref)
+        if str(ref).strip().isdigit():
+            registry.check_exposable(name, version)
+        return version
 
     # Never the pyfunc: that would unpickle (or run) code from the artifact store in every replica.
     # The predictor's own files are loaded once checked against the digest recorded at

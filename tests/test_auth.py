@@ -29,6 +29,7 @@ ROUTER = {
     "variants": {"champion": {"weight": 1.0, "tabular": "champion"}},
     "shadow": False,
     "alias_refresh_s": 0,
+    "saturated_in_flight": 2,  # low, so the saturation test can reach it
 }
 
 
@@ -337,3 +338,28 @@ def test_the_proxy_s_own_500_becomes_a_retryable_503_and_app_500s_pass() -> None
     assert "same x-request-id" in json.loads(lost[1]["body"])["detail"]
     own = asyncio.run(run([(b"content-type", b"application/json")], b'{"detail": "internal error"}'))
     assert own[0]["status"] == 500 and own[1]["body"] == b'{"detail": "internal error"}'
+
+
+def test_healthz_reports_saturation_then_recovers(base_url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    batch = {"records": [{"age": 40 + i % 50, "clinical_note": "Lives alone. " * 20} for i in range(200)]}
+
+    def post(i: int) -> int:
+        reply = httpx.post(f"{base_url}/predict/batch", json=batch, headers=auth("predict"), timeout=120)
+        return reply.status_code
+
+    seen: list[dict] = []
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(post, i) for i in range(8)]
+        while not all(f.done() for f in futures):
+            reply = httpx.get(f"{base_url}/healthz", timeout=30)
+            if reply.status_code == 503:
+                seen.append(reply.json())
+            time.sleep(0.05)
+        assert [f.result() for f in futures] == [200] * 8
+    assert any(b.get("status") == "saturated" and "in flight" in b["reason"] for b in seen), seen
+    deadline = time.time() + 30
+    while httpx.get(f"{base_url}/healthz", timeout=30).status_code != 200:
+        assert time.time() < deadline, "still unhealthy after the load ended"
+        time.sleep(0.5)
