@@ -76,11 +76,11 @@ $(DATA_DIR)/features/manifest.json: $(DATA_DIR)/raw/manifest.json
 	$(BIN)/python -m data features --raw $(DATA_DIR)/raw --out $(DATA_DIR)/features --overwrite
 
 # Trains on Ray Train, logs to MLflow (sqlite in $(DATA_DIR)) and registers the model:
-# the first version becomes champion, later ones challenger.
+# the first version becomes champion (approval: bootstrap), later ones wait for `ml registry approve`.
 $(TABULAR_METRICS): $(DATA_DIR)/features/manifest.json
 	$(BIN)/python -m ml train-tabular --features $(DATA_DIR)/features --register --metrics-out $@ --n-boot 500
 
-# Second configurations, registered as challengers (champion stays until `ml registry promote`).
+# Second configurations, approved as challengers (champion stays until `ml registry promote`).
 # Registering never exposes a model: the second one is approved here, by name, as a person would
 # (`ml registry approve`, recorded in the registry and the audit table), to start the experiment.
 $(MODELS)/tabular_challenger.json: $(TABULAR_METRICS)

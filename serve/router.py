@@ -56,13 +56,21 @@ api = FastAPI(
 
 STORE_PING_S = 3.0  # /healthz waits this long for the store's `SELECT 1`
 MAX_ERRORS = 20  # validation errors listed in a 422 body (the count of the rest is given)
-IN_FLIGHT = [0]  # HTTP requests this replica is answering now (/healthz reports saturation)
 VARIANT_STATE = "mediscale_variant"  # request.state key: the variant a handler served
 
 
 def endpoint_name(path: str) -> str:
     """A bounded endpoint label from the request path (under any route prefix); never an id."""
     return access_policy("GET", path).endpoint
+
+
+def _in_flight(scope) -> list[int]:
+    """This replica's count of HTTP requests being answered, kept on the app object it serves
+    (the one thing the middleware and the /healthz handler surely share)."""
+    state = scope["app"].state
+    if not hasattr(state, "in_flight"):
+        state.in_flight = [0]
+    return state.in_flight
 
 
 class RequestMetrics:
@@ -77,7 +85,8 @@ class RequestMetrics:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started, status = time.perf_counter(), 500  # an exception escaping the app is a 500
-        IN_FLIGHT[0] += 1
+        counter = _in_flight(scope)
+        counter[0] += 1
 
         async def send_status(message):
             nonlocal status
@@ -88,7 +97,7 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            IN_FLIGHT[0] -= 1
+            counter[0] -= 1
             try:
                 variant = (scope.get("state") or {}).get(VARIANT_STATE)
                 endpoint = endpoint_name(scope.get("path", ""))
@@ -619,7 +628,7 @@ class Router:
         }
 
     @api.get("/healthz")
-    async def healthz(self) -> JSONResponse:
+    async def healthz(self, request: Request) -> JSONResponse:
         """200 when the models are loaded and the store answers; 503 with the reason otherwise
         (a replica that cannot commit a prediction cannot serve one)."""
         try:
@@ -627,7 +636,7 @@ class Router:
         except Exception as exc:
             reason = f"prediction store unreachable ({type(exc).__name__})"
             return JSONResponse({"status": "unhealthy", "reason": reason}, status_code=503)
-        in_flight = IN_FLIGHT[0] - 1  # not counting this check
+        in_flight = _in_flight(request.scope)[0] - 1  # not counting this check
         if in_flight >= self.config.saturated_in_flight:
             reason = f"saturated: {in_flight} requests in flight (limit {self.config.saturated_in_flight})"
             return JSONResponse({"status": "saturated", "reason": reason, "in_flight": in_flight}, 503)

@@ -172,6 +172,10 @@ def traffic(base_url: str, app_args: dict) -> dict:
             feedback[(body["variant"], "1" if outcome else "0")] += 1
         assert http.post("/feedback", json={"request_id": "never-seen", "outcome": True}).status_code == 404
         assert http.post("/predict", json={"age": "old"}).status_code == 422
+        assert (
+            http.post("/predict", json={"age": 70}, headers={"Authorization": "Bearer wrong"}).status_code
+            == 401
+        )
     ids = [p["request_id"] for p in served]
     with PredictionStore(app_args["store_url"]) as store:
         deadline = time.time() + 60
@@ -350,6 +354,12 @@ def test_every_metric_is_exported_with_bounded_labels(
             if s.name == ray_(metrics.DECISION_TIME) and s.labels.get("application") == APP
         }
         assert times == {monitoring_rows["created_at"].timestamp()}
+        refused = [
+            s for s in samples
+            if s.name == ray_(metrics.AUTH_REFUSED, "_total")
+            and s.labels.get("where") == "proxy" and s.labels.get("status") == "401" and s.value >= 1
+        ]  # fmt: skip
+        assert refused and all("application" not in s.labels for s in refused)  # refused in the proxy
 
     samples = eventually(check)
     ours = [s for s in samples if s.name in metrics.exported_names()]
@@ -358,6 +368,9 @@ def test_every_metric_is_exported_with_bounded_labels(
     names = {s.name for s in ours if s.labels.get("application") == APP}
     # Ray exports a counter once it moves: shadows are never dropped in this light traffic
     never_incremented = {ray_(metrics.SHADOW_DROPPED, "_total")}
+    # Refusals are counted where they happen: in the proxy, whose series carry no application
+    # label (checked below); audit rows are never lost here.
+    never_incremented |= {ray_(metrics.AUTH_REFUSED, "_total"), ray_(metrics.AUDIT_FAILED, "_total")}
     if not sum(expected["disagreements"].values()):
         never_incremented.add(ray_(metrics.SHADOW_BAND_DISAGREEMENTS, "_total"))
     assert names == metrics.exported_names() - never_incremented

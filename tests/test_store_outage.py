@@ -62,3 +62,49 @@ def test_postgres_down_is_503_and_service_resumes_when_it_returns(base_url: str,
         assert again.status_code == 200, again.text
         assert http.get("/healthz").status_code == 200
     assert stored(own_postgres.url) == ["pg-1", "pg-2"]  # once each, nothing half-written
+
+
+def test_an_outage_under_load_loses_nothing_and_half_writes_nothing(base_url: str, own_postgres) -> None:
+    """Four clients keep posting while the server stops and starts: only 200s and 503s, every 200
+    has its row, no 503 left one, and 200s come back without a restart."""
+    import threading
+
+    answers: dict[str, int] = {}
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        with httpx.Client(headers=auth("predict"), base_url=base_url, timeout=60) as http:
+            i = 0
+            while not stop.is_set():
+                request_id = f"load-{n}-{i}"
+                answers[request_id] = http.post(
+                    "/predict", json={"age": 50 + i % 40}, headers={"x-request-id": request_id}
+                ).status_code
+                i += 1
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(3)
+        own_postgres.stop()
+        time.sleep(8)
+    finally:
+        own_postgres.start()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        time.sleep(2)
+        recent = list(answers.values())[-8:]
+        if recent and all(code == 200 for code in recent):
+            break
+    stop.set()
+    for thread in threads:
+        thread.join(120)
+    codes = set(answers.values())
+    assert codes <= {200, 503}, codes
+    assert 503 in codes and list(answers.values())[-1] == 200
+    rows = set(stored(own_postgres.url))
+    ok = {rid for rid, code in answers.items() if code == 200}
+    refused = {rid for rid, code in answers.items() if code == 503}
+    assert ok <= rows  # every 200 was committed
+    assert not (refused & rows)  # no 503 left a row
