@@ -134,13 +134,17 @@ REPLICA_LOST = (
 
 class _ReplicaLost:
     """The proxy's own plain-text 500 (a replica died mid-request) becomes a JSON 503 that says
-    the request is safe to retry; the apps' 500s are JSON and pass unchanged."""
+    the request is safe to retry; the apps' 500s are JSON and pass unchanged. (The gate also
+    answers 503 when the proxy's call raises before any response: uvicorn would send a bare 500.)"""
 
     def __init__(self, send):
         self.send = send
         self.rewriting = False
+        self.started = False  # a response began: an exception now cannot become a 503
 
     async def __call__(self, message):
+        if message["type"] == "http.response.start":
+            self.started = True
         if message["type"] == "http.response.start" and message["status"] == 500:
             headers = dict((k.lower(), v) for k, v in message.get("headers") or [])
             if not headers.get(b"content-type", b"").startswith(b"application/json"):
@@ -230,7 +234,14 @@ class AuthGate:
             await send(message)
 
         if self.where == "proxy":  # the replica audits what it answers
-            return await self.app(scope, receive, _ReplicaLost(send))
+            lost = _ReplicaLost(send)
+            try:
+                return await self.app(scope, receive, lost)
+            except Exception as exc:  # a replica died under the request: uvicorn would send a bare 500
+                if lost.started:
+                    raise
+                log.warning("request lost with its replica (%s); answered 503", type(exc).__name__)
+                return await _answer(send, 503, REPLICA_LOST, {"Retry-After": "1"})
         try:
             await self.app(scope, receive, send_status)
         finally:

@@ -365,3 +365,28 @@ def test_healthz_reports_saturation_then_recovers(base_url: str) -> None:
     while httpx.get(f"{base_url}/healthz", timeout=30).status_code != 200:
         assert time.time() < deadline, "still unhealthy after the load ended"
         time.sleep(0.5)
+
+
+def test_a_request_lost_with_its_replica_is_a_503_from_the_proxy_gate(tmp_path: Path) -> None:
+    import asyncio
+
+    from ray.exceptions import ActorDiedError
+
+    from serve.auth import AuthGate, GateContext
+
+    source = FileKeys(tmp_path / "keys.json")
+    _, key = create(source, "k", "predict")
+
+    async def dying_app(scope, receive, send):  # what the proxy's call does when the replica dies
+        raise ActorDiedError()
+
+    gate = AuthGate(dying_app, context=lambda: GateContext(keyring=Keyring(source)), where="proxy")
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/predict",
+             "headers": [(b"authorization", f"Bearer {key}".encode())]}  # fmt: skip
+    asyncio.run(gate(scope, None, send))
+    assert sent[0]["status"] == 503 and "same x-request-id" in json.loads(sent[1]["body"])["detail"]
