@@ -133,9 +133,11 @@ REPLICA_LOST = (
 
 
 class _ReplicaLost:
-    """The proxy's own plain-text 500 (a replica died mid-request) becomes a JSON 503 that says
-    the request is safe to retry; the apps' 500s are JSON and pass unchanged. (The gate also
-    answers 503 when the proxy's call raises before any response: uvicorn would send a bare 500.)"""
+    """A plain-text 500 passing through the proxy's middleware becomes a JSON 503 that says the
+    request is safe to retry; the apps' 500s are JSON and pass unchanged. (The gate also answers
+    503 when the proxy's call raises before any response.) Not every such 500 passes here: the
+    one a Router replica killed mid-request gets (bench/reliability.py) is sent outside the
+    middleware, and stays a 500."""
 
     def __init__(self, send):
         self.send = send

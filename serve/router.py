@@ -551,6 +551,8 @@ class Router:
 
         if not re.fullmatch(STORED_ID_PATTERN, request_id):
             raise HTTPException(422, "request_id: not a request id this service gives")
+        if not correction.reason.strip():  # found by the fuzzer: blank reasons were a 500
+            raise HTTPException(422, "reason: must not be blank")
         try:
             row = await asyncio.to_thread(
                 self.store.correct_feedback,

@@ -265,6 +265,8 @@ def test_feedback_is_corrected_by_admin_only_with_history(base_url: str) -> None
         == 422
     )
     assert httpx.put(f"{base_url}/feedback/cor-1", json={"outcome": True}, headers=auth()).status_code == 422
+    blank = httpx.put(f"{base_url}/feedback/cor-1", json={"outcome": True, "reason": "  "}, headers=auth())
+    assert blank.status_code == 422 and "reason" in blank.text
     assert httpx.put(f"{base_url}/feedback/cor-none", json=body, headers=auth()).status_code == 404
     fixed = httpx.put(f"{base_url}/feedback/cor-1", json=body, headers=auth())
     assert fixed.status_code == 200, fixed.text
