@@ -81,6 +81,7 @@ def bench_key(folder: Path) -> dict[str, str]:
     os.environ["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] = "serve.gate:proxy_middlewares"
     return {"Authorization": f"Bearer {key}"}
 
+
 TABULAR = "readmission-tabular"
 NOTE = "readmission-notes"
 APP_NAME = "mediscale"
