@@ -234,7 +234,7 @@ class Dashboard:
         from serve.audit import AuditLog
         from serve.keys import Keyring, open_source
 
-        keyring = Keyring(open_source(settings, self.args.store_url or settings.resolved_store_url()))
+        keyring = Keyring(open_source(settings, self.store))
         return GateContext(keyring=keyring, audit=AuditLog(self.store))
 
     def _gather(self, as_of: datetime | None, since: datetime | None) -> dict:

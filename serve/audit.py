@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
+
+from serve.store import ROW_ID
 
 if TYPE_CHECKING:
     from serve.store import PredictionStore
@@ -24,9 +26,7 @@ metadata = sa.MetaData()
 access_log = sa.Table(
     "access_log",
     metadata,
-    sa.Column(
-        "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
-    ),
+    sa.Column("id", ROW_ID, primary_key=True, autoincrement=True),
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("key_name", sa.String(64), nullable=False),
     sa.Column("role", sa.String(16), nullable=False),
@@ -63,9 +63,3 @@ class AuditLog:
         row = {**asdict(entry), "at": self.store.to_db_time(datetime.now(UTC))}
         with self.store.transaction() as conn:
             conn.execute(access_log.insert(), row)
-
-    def entries(self, limit: int = 1000) -> list[dict[str, Any]]:
-        """The newest entries first."""
-        query = sa.select(access_log).order_by(access_log.c.id.desc()).limit(limit)
-        with self.store.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]

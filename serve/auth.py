@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from serve import metrics
 from serve.audit import AccessEntry, AuditLog
 from serve.keys import ApiKey, Keyring, KeyStoreUnavailable
 
@@ -135,9 +136,8 @@ REPLICA_LOST = (
 class _ReplicaLost:
     """A plain-text 500 passing through the proxy's middleware becomes a JSON 503 that says the
     request is safe to retry; the apps' 500s are JSON and pass unchanged. (The gate also answers
-    503 when the proxy's call raises before any response.) Not every such 500 passes here: the
-    one a Router replica killed mid-request gets (bench/reliability.py) is sent outside the
-    middleware, and stays a 500."""
+    503 when the proxy's call raises before any response, or returns without one: that is how
+    Serve's proxy ends a call whose Router replica was killed mid-request.)"""
 
     def __init__(self, send):
         self.send = send
@@ -185,8 +185,6 @@ class AuthGate:
         rule = self.rules(method, scope.get("path", ""))
         if not rule.roles:
             return await self.app(scope, receive, send)
-        from serve import metrics
-
         ctx = self.context()
         if ctx is None:
             return await _answer(send, 503, "service starting: retry shortly", {"Retry-After": "2"})
@@ -238,12 +236,18 @@ class AuthGate:
         if self.where == "proxy":  # the replica audits what it answers
             lost = _ReplicaLost(send)
             try:
-                return await self.app(scope, receive, lost)
+                await self.app(scope, receive, lost)
             except Exception as exc:  # a replica died under the request: uvicorn would send a bare 500
                 if lost.started:
                     raise
                 log.warning("request lost with its replica (%s); answered 503", type(exc).__name__)
                 return await _answer(send, 503, REPLICA_LOST, {"Retry-After": "1"})
+            if not lost.started:
+                # Serve's proxy answers nothing when the replica died mid-call (its 500 sends no
+                # message, ray/serve/_private/http_util.py), and uvicorn would then send a bare 500.
+                log.warning("request lost with its replica; answered 503")
+                await _answer(send, 503, REPLICA_LOST, {"Retry-After": "1"})
+            return
         try:
             await self.app(scope, receive, send_status)
         finally:
@@ -266,7 +270,5 @@ class AuthGate:
         try:
             await asyncio.to_thread(ctx.audit.write, entry)
         except Exception as exc:  # the answer is already sent; count the gap, never log the call
-            from serve import metrics
-
             metrics.audit_failed()
             log.warning("audit row not written (%s)", type(exc).__name__)

@@ -30,7 +30,11 @@ def _source(file: Path | None, store_url: str | None):
 
     if file is not None:
         return FileKeys(file)
-    return open_source(Settings.from_env(), store_url)
+    if store_url is None:
+        return open_source(Settings.from_env())
+    from serve.store import PredictionStore
+
+    return open_source(Settings.from_env(), PredictionStore(store_url))
 
 
 @keys_app.command("create")

@@ -29,19 +29,20 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from serve.store import ROW_ID
+
 if TYPE_CHECKING:
     from serve.store import PredictionStore
 
 _JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 _TIME = sa.DateTime(timezone=True)
-_PK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 metadata = sa.MetaData()
 
 routing_overrides = sa.Table(
     "routing_overrides",
     metadata,
-    sa.Column("id", _PK, primary_key=True, autoincrement=True),
+    sa.Column("id", ROW_ID, primary_key=True, autoincrement=True),
     sa.Column("variant", sa.String(128), nullable=False),
     sa.Column("model_versions", _JSON, nullable=False),
     sa.Column("weight", sa.Float),
@@ -55,7 +56,7 @@ routing_overrides = sa.Table(
 decisions = sa.Table(
     "decisions",
     metadata,
-    sa.Column("id", _PK, primary_key=True, autoincrement=True),
+    sa.Column("id", ROW_ID, primary_key=True, autoincrement=True),
     sa.Column("experiment", sa.String(256), nullable=False),
     sa.Column("as_of", _TIME, nullable=False),
     sa.Column("outcome", sa.String(32), nullable=False),
@@ -73,7 +74,7 @@ decisions = sa.Table(
 monitor_events = sa.Table(
     "monitor_events",
     metadata,
-    sa.Column("id", _PK, primary_key=True, autoincrement=True),
+    sa.Column("id", ROW_ID, primary_key=True, autoincrement=True),
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("variant", sa.String(128)),
     sa.Column("model_versions", _JSON),

@@ -26,8 +26,9 @@ def _proxy_context() -> GateContext:
         from serve.store import PredictionStore
 
         settings = Settings.from_env()
-        audit = AuditLog(PredictionStore(settings.resolved_store_url()))
-        _context.append(GateContext(keyring=Keyring(open_source(settings)), audit=audit))
+        store = PredictionStore(settings.resolved_store_url())  # one engine for keys and audit
+        keyring = Keyring(open_source(settings, store))
+        _context.append(GateContext(keyring=keyring, audit=AuditLog(store)))
     return _context[0]
 
 

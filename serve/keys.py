@@ -31,6 +31,7 @@ import sqlalchemy as sa
 
 if TYPE_CHECKING:
     from data.config import Settings
+    from serve.store import PredictionStore
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +113,11 @@ api_keys = sa.Table(
 
 
 class DatabaseKeys:
-    """Key records in the prediction store's database (`api_keys`), created on first use."""
+    """Key records in the prediction store's database (`api_keys`), created on first use. It
+    uses its caller's store (one engine and pool per process, not one per reader)."""
 
-    def __init__(self, store_url: str):
-        from serve.store import PredictionStore
-
-        self.store = PredictionStore(store_url)
+    def __init__(self, store: PredictionStore):
+        self.store = store
         with self.store.transaction() as conn:
             metadata.create_all(conn)
 
@@ -195,14 +195,19 @@ class FileKeys:
         raise KeyRequestError(f"name: no key named {name!r}")
 
 
-def open_source(settings: Settings | None = None, store_url: str | None = None) -> KeySource:
-    """The key file when `MEDISCALE_API_KEYS_FILE` is set, else the store database's table."""
+def open_source(settings: Settings | None = None, store: PredictionStore | None = None) -> KeySource:
+    """The key file when `MEDISCALE_API_KEYS_FILE` is set, else the table in `store`'s database
+    (the caller's store; a new one on the settings' URL when not given)."""
     from data.config import Settings
 
     settings = settings or Settings.from_env()
     if settings.api_keys_file is not None:
         return FileKeys(settings.api_keys_file)
-    return DatabaseKeys(store_url or settings.resolved_store_url())
+    if store is None:
+        from serve.store import PredictionStore
+
+        store = PredictionStore(settings.resolved_store_url())
+    return DatabaseKeys(store)
 
 
 def create(source: KeySource, name: str, role: str, rate_per_minute: int | None = None) -> tuple[ApiKey, str]:

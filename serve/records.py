@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from data.record import Labs, Measurement, PatientRecord, Text, Vitals
 
@@ -27,10 +27,15 @@ __all__ = [
     "Evidence",
     "Factor",
     "Feedback",
+    "FeedbackCorrected",
+    "FeedbackCorrection",
+    "FeedbackEvent",
+    "FeedbackReceipt",
     "Labs",
     "Measurement",
     "PatientRecord",
     "Prediction",
+    "Problem",
     "StoredFeedback",
     "StoredPrediction",
     "Vitals",
@@ -78,6 +83,48 @@ class FeedbackCorrection(BaseModel):
     outcome: bool = Field(..., strict=True, description="The corrected outcome: true or false only.")
     reason: Text = Field(..., min_length=1, max_length=512, description="Why (kept in the history).")
     source: Text | None = Field(None, max_length=64)
+
+    @field_validator("reason")
+    @classmethod
+    def _not_blank(cls, reason: str) -> str:
+        """A history entry must say why (the fuzzer found that a reason of spaces was a 500)."""
+        if not reason.strip():
+            raise ValueError("must not be blank")
+        return reason
+
+
+class FeedbackReceipt(BaseModel):
+    """`POST /feedback`'s answer: the outcome recorded against the prediction it judges."""
+
+    request_id: str
+    outcome: bool
+    risk: float | None
+    variant: str | None
+
+
+class FeedbackEvent(BaseModel):
+    """One entry of an outcome's history: the first report or a correction."""
+
+    kind: Literal["first", "correction"]
+    outcome: bool
+    key_name: str | None = Field(None, description="The API key that sent it.")
+    reason: str | None = None
+    at: datetime | None = None
+
+
+class FeedbackCorrected(BaseModel):
+    """`PUT /feedback/{request_id}`'s answer: the outcome now, and every outcome before it."""
+
+    request_id: str
+    outcome: bool
+    history: list[FeedbackEvent]
+
+
+class Problem(BaseModel):
+    """Every refusal but a validation error (401, 403, 404, 409, 413, 429, 503): what went wrong
+    and, where it helps, what to do; never the request's own values."""
+
+    detail: str
 
 
 class Evidence(BaseModel):

@@ -15,8 +15,9 @@ import re
 import time
 import uuid
 from collections import defaultdict
+from typing import Annotated
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
@@ -34,9 +35,13 @@ from serve.records import (
     BatchPrediction,
     BatchRequest,
     Feedback,
+    FeedbackCorrected,
     FeedbackCorrection,
+    FeedbackEvent,
+    FeedbackReceipt,
     PatientRecord,
     Prediction,
+    Problem,
     StoredPrediction,
     child_id,
     risk_band,
@@ -57,6 +62,31 @@ api = FastAPI(
 STORE_PING_S = 3.0  # /healthz waits this long for the store's `SELECT 1`
 MAX_ERRORS = 20  # validation errors listed in a 422 body (the count of the rest is given)
 VARIANT_STATE = "mediscale_variant"  # request.state key: the variant a handler served
+
+# A path's request id, checked by FastAPI like any other field (a 422 of the one documented shape).
+StoredId = Annotated[
+    str,
+    Path(
+        pattern=STORED_ID_PATTERN,
+        description="An id this service stored: an x-request-id, or a batch record's `<id>~<index>`.",
+    ),
+]
+_GATE_REFUSALS = (401, 403, 429)  # any key-protected endpoint (serve/auth.py)
+_MEANINGS = {
+    401: "No API key, or one that is unknown or revoked.",
+    403: "The key's role may not call this endpoint.",
+    404: "No such prediction (or, for a correction, no outcome yet).",
+    409: "The request id is already stored; GET /predictions/{request_id} returns its answer.",
+    413: "A note or the body is over its limit.",
+    429: "Over the key's rate; see Retry-After.",
+    503: "Models not loaded or the store not answering; nothing was stored, retry is safe.",
+}
+
+
+def problems(*statuses: int) -> dict[int | str, dict]:
+    """OpenAPI `responses` for an endpoint's refusals: the gate's and its own, each a `Problem`
+    (a client can tell them apart before it meets one)."""
+    return {s: {"model": Problem, "description": _MEANINGS[s]} for s in sorted({*_GATE_REFUSALS, *statuses})}
 
 
 def endpoint_name(path: str) -> str:
@@ -124,8 +154,8 @@ def _known_names() -> frozenset[str]:
     """Every field name of the API's bodies (and pydantic's union tags), for 422 `loc`s."""
     from serve.records import Labs, Vitals
 
-    names = {"body", "float", "list[float]", "int", "str", "bool"}
-    for model in (PatientRecord, Vitals, Labs, BatchRequest, Feedback):
+    names = {"body", "path", "header", "x-request-id", "float", "list[float]", "int", "str", "bool"}
+    for model in (PatientRecord, Vitals, Labs, BatchRequest, Feedback, FeedbackCorrection):
         names |= set(model.model_fields)
     return frozenset(names)
 
@@ -176,7 +206,10 @@ def _request_id(request: Request, limit: int = 128) -> str:
     if given is None:
         given = uuid.uuid4().hex
     elif not re.fullmatch(REQUEST_ID_PATTERN, given) or len(given) > limit:
-        raise HTTPException(422, f"x-request-id: use 1-{limit} letters, digits or . _ : -")
+        # the shape of every other 422 (the spec's HTTPValidationError), not a string detail
+        rule = f"use 1-{limit} letters, digits or . _ : -"
+        error = {"loc": ("header", "x-request-id"), "msg": rule, "type": "value_error"}
+        raise RequestValidationError([error])
     setattr(request.state, REQUEST_ID_STATE, given)  # for the audit row
     return given
 
@@ -264,7 +297,7 @@ class Router:
         from serve.keys import Keyring, open_source
         from serve.ratelimit import LimiterClient
 
-        keyring = Keyring(open_source(settings, self._store_url()))
+        keyring = Keyring(open_source(settings, self.store))
         if not keyring.source.records():
             log.warning("no API keys yet: every call but /healthz gets 401 (python -m serve keys create)")
         limiter = LimiterClient(settings.rate_per_minute)
@@ -476,7 +509,7 @@ class Router:
 
     # ------------------------------------------------------------------ HTTP
 
-    @api.post("/predict", response_model=Prediction)
+    @api.post("/predict", response_model=Prediction, responses=problems(409, 413, 503))
     async def predict(self, record: PatientRecord, request: Request) -> Prediction:
         """One record -> risk, band, variant, model versions, components and top factors."""
         request_id = _request_id(request)
@@ -484,7 +517,7 @@ class Router:
         [prediction] = await self._score([record], [request_id], request)
         return prediction
 
-    @api.post("/predict/batch", response_model=BatchPrediction)
+    @api.post("/predict/batch", response_model=BatchPrediction, responses=problems(409, 413, 503))
     async def predict_batch(self, batch: BatchRequest, request: Request) -> BatchPrediction:
         """Many records in one call; their request ids are `<x-request-id or random>~<index>`
         (a namespace no single prediction's id can enter)."""
@@ -494,14 +527,12 @@ class Router:
         ids = [child_id(base, i) for i in range(len(batch.records))]
         return BatchPrediction(predictions=await self._score(batch.records, ids, request))
 
-    @api.get("/predictions/{request_id}", response_model=StoredPrediction)
-    async def prediction(self, request_id: str) -> StoredPrediction:
+    @api.get("/predictions/{request_id}", response_model=StoredPrediction, responses=problems(404, 503))
+    async def prediction(self, request_id: StoredId) -> StoredPrediction:
         """A stored prediction by request id: what a client that timed out (or got 409 on its
         retry) was answered. No features, note or patient key."""
         from serve.store import StoreUnavailable
 
-        if not re.fullmatch(STORED_ID_PATTERN, request_id):
-            raise HTTPException(422, "request_id: not a request id this service gives")
         try:
             row = await asyncio.to_thread(self.store.get, request_id)
         except StoreUnavailable as exc:
@@ -510,8 +541,8 @@ class Router:
             raise HTTPException(404, "request_id: no such prediction")
         return StoredPrediction.from_row(row)
 
-    @api.post("/feedback")
-    async def feedback(self, feedback: Feedback, request: Request) -> dict:
+    @api.post("/feedback", response_model=FeedbackReceipt, responses=problems(404, 409, 503))
+    async def feedback(self, feedback: Feedback, request: Request) -> FeedbackReceipt:
         """The observed outcome of a prediction; one per request id (a second one is refused)."""
         from serve.store import DuplicateFeedback, StoreUnavailable, UnknownRequest
 
@@ -535,24 +566,20 @@ class Router:
             raise _store_down(exc) from None
         setattr(request.state, VARIANT_STATE, row.get("variant"))
         metrics.feedback(row.get("variant"), feedback.outcome)
-        return {
-            "request_id": feedback.request_id,
-            "outcome": feedback.outcome,
-            "risk": row.get("risk"),
-            "variant": row.get("variant"),
-        }
+        return FeedbackReceipt(
+            request_id=feedback.request_id,
+            outcome=feedback.outcome,
+            risk=row.get("risk"),
+            variant=row.get("variant"),
+        )
 
-    @api.put("/feedback/{request_id}")
+    @api.put("/feedback/{request_id}", response_model=FeedbackCorrected, responses=problems(404, 503))
     async def correct_feedback(
-        self, request_id: str, correction: FeedbackCorrection, request: Request
-    ) -> dict:
+        self, request_id: StoredId, correction: FeedbackCorrection, request: Request
+    ) -> FeedbackCorrected:
         """Correct a recorded outcome (role admin); every earlier outcome stays in the history."""
-        from serve.store import StoreUnavailable, UnknownRequest
+        from serve.store import NoFeedbackYet, StoreUnavailable, UnknownRequest
 
-        if not re.fullmatch(STORED_ID_PATTERN, request_id):
-            raise HTTPException(422, "request_id: not a request id this service gives")
-        if not correction.reason.strip():  # found by the fuzzer: blank reasons were a 500
-            raise HTTPException(422, "reason: must not be blank")
         try:
             row = await asyncio.to_thread(
                 self.store.correct_feedback,
@@ -563,30 +590,27 @@ class Router:
                 source=correction.source,
             )
             history = await asyncio.to_thread(self.store.feedback_history, request_id)
-        except UnknownRequest as exc:
-            raise HTTPException(
-                404,
-                "request_id: no such prediction"
-                if "no prediction" in str(exc)
-                else "request_id: no feedback to correct yet (POST /feedback first)",
-            ) from None
+        except UnknownRequest:
+            raise HTTPException(404, "request_id: no such prediction") from None
+        except NoFeedbackYet:
+            raise HTTPException(404, "request_id: no outcome to correct yet (POST /feedback first)") from None
         except StoreUnavailable as exc:
             raise _store_down(exc) from None
         setattr(request.state, VARIANT_STATE, row.get("variant"))
-        return {
-            "request_id": request_id,
-            "outcome": correction.outcome,
-            "history": [
-                {
-                    "kind": h["kind"],
-                    "outcome": h["outcome"],
-                    "key_name": h["key_name"],
-                    "reason": h["reason"],
-                    "at": h["created_at"].isoformat() if h["created_at"] else None,
-                }
+        return FeedbackCorrected(
+            request_id=request_id,
+            outcome=correction.outcome,
+            history=[
+                FeedbackEvent(
+                    kind=h["kind"],
+                    outcome=h["outcome"],
+                    key_name=h["key_name"],
+                    reason=h["reason"],
+                    at=h["created_at"],
+                )
                 for h in history
             ],
-        }
+        )
 
     def _override_view(self, name: str) -> dict | None:
         from serve.control import versions_key
@@ -604,7 +628,7 @@ class Router:
             and versions_key(self.resolved.get(name)) == versions_key(override.model_versions),
         }
 
-    @api.get("/variants")
+    @api.get("/variants", responses=problems())
     async def variants(self) -> dict:
         """Weights, model references and the versions they resolve to, and request counts."""
         counts = await asyncio.to_thread(self.store.counts_by_variant)
@@ -629,7 +653,10 @@ class Router:
             "replica": {"pid": os.getpid(), "problem": self.problem},
         }
 
-    @api.get("/healthz")
+    @api.get(
+        "/healthz",
+        responses={503: {"description": "Not ready: models not loaded, store not answering, or saturated."}},
+    )
     async def healthz(self, request: Request) -> JSONResponse:
         """200 when the models are loaded and the store answers; 503 with the reason otherwise
         (a replica that cannot commit a prediction cannot serve one)."""

@@ -62,6 +62,9 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from data.config import STORE_FILE
 
+# Every table's surrogate key (SQLite autoincrements only INTEGER PRIMARY KEY)
+ROW_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -92,6 +95,10 @@ class StoreError(ValueError):
 
 class UnknownRequest(StoreError):
     """Feedback or a shadow score for a request_id that was never predicted (HTTP 404)."""
+
+
+class NoFeedbackYet(StoreError):
+    """A correction for a prediction that has no outcome yet: POST the first one (HTTP 404)."""
 
 
 class DuplicateFeedback(StoreError):
@@ -267,9 +274,7 @@ metadata = sa.MetaData()
 predictions = sa.Table(
     "predictions",
     metadata,
-    sa.Column(
-        "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
-    ),
+    sa.Column("id", ROW_ID, primary_key=True, autoincrement=True),
     sa.Column("request_id", _ID, nullable=False),
     sa.Column("created_at", _TIME, nullable=False),
     sa.Column("variant", _ID, nullable=False),
@@ -320,9 +325,7 @@ feedback = sa.Table(
 feedback_history = sa.Table(
     "prediction_feedback_history",
     metadata,
-    sa.Column(
-        "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
-    ),
+    sa.Column("id", ROW_ID, primary_key=True, autoincrement=True),
     sa.Column("request_id", _ID, sa.ForeignKey("predictions.request_id", ondelete="CASCADE"), nullable=False),
     sa.Column("kind", sa.String(16), nullable=False),  # first | correction
     sa.Column("outcome", sa.Boolean, nullable=False),
@@ -698,7 +701,8 @@ class PredictionStore:
     ) -> dict[str, Any]:
         """Replace a prediction's outcome, keeping the old one in the history with who and why.
 
-        Raises UnknownRequest when there is no prediction or no feedback yet to correct. The
+        Raises UnknownRequest when there is no prediction, NoFeedbackYet when it has no outcome
+        to correct. The
         corrected row's time is the correction's: monitoring as of an earlier time does not see
         an outcome that was then unknown (nor the wrong one: it is not kept in the current row)."""
         _check_id("request_id", request_id)
@@ -713,7 +717,7 @@ class PredictionStore:
             if current is None:
                 if not self._exists(conn, predictions, request_id):
                     raise UnknownRequest(f"no prediction with request_id {request_id!r}")
-                raise UnknownRequest(f"no feedback to correct for request_id {request_id!r}")
+                raise NoFeedbackYet(f"no feedback to correct for request_id {request_id!r}")
             conn.execute(
                 feedback.update()
                 .where(feedback.c.request_id == request_id)

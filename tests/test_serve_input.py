@@ -191,7 +191,8 @@ def test_a_repeated_id_is_409_and_the_stored_answer_can_be_read(client: httpx.Cl
     client.post("/feedback", json={"request_id": "read-me.1", "outcome": True})
     assert client.get("/predictions/read-me.1").json()["feedback"]["outcome"] is True
     assert client.get("/predictions/never-made").status_code == 404
-    assert client.get("/predictions/bad%20id!").status_code == 422
+    bad = client.get("/predictions/bad%20id!")
+    assert bad.status_code == 422 and [e["loc"] for e in bad.json()["detail"]] == [["path", "request_id"]]
 
 
 # --------------------------------------------------------------------------- feedback

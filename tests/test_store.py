@@ -20,6 +20,7 @@ from serve.store import (
     DEV_PATIENT_KEY_SALT,
     DuplicateFeedback,
     DuplicateRequest,
+    NoFeedbackYet,
     PredictionRecord,
     PredictionStore,
     StoreError,
@@ -157,7 +158,7 @@ def test_second_feedback_is_rejected_and_the_first_kept(store: PredictionStore) 
 
 def test_a_correction_replaces_the_outcome_and_keeps_the_history(store: PredictionStore) -> None:
     store.log_prediction(record("c-1"))
-    with pytest.raises(UnknownRequest, match="no feedback to correct"):
+    with pytest.raises(NoFeedbackYet, match="no feedback to correct"):
         store.correct_feedback("c-1", True, "chart review")
     with pytest.raises(UnknownRequest, match="no prediction"):
         store.correct_feedback("c-none", True, "chart review")
