@@ -228,15 +228,20 @@ def _info(client: MlflowClient, mv: ModelVersion, aliases: dict[str, str] | None
     )
 
 
-def _history(model: RegisteredModel) -> list[str]:
-    raw = (model.tags or {}).get(HISTORY_TAG)
+def _list_tag(model: RegisteredModel, tag: str) -> list:
+    """A model tag that holds a JSON list (champion history, approvals); [] when absent."""
+    raw = (model.tags or {}).get(tag)
     if not raw:
         return []
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise RegistryError(f"model {model.name!r} has a corrupt {HISTORY_TAG} tag: {raw!r}") from exc
-    return [str(v) for v in value] if isinstance(value, list) else []
+        raise RegistryError(f"model {model.name!r} has a corrupt {tag} tag (not JSON)") from exc
+    return value if isinstance(value, list) else []
+
+
+def _history(model: RegisteredModel) -> list[str]:
+    return [str(v) for v in _list_tag(model, HISTORY_TAG)]
 
 
 # --------------------------------------------------------------------------- registry API
@@ -360,14 +365,7 @@ def _checked(approver: str, reason: str) -> tuple[str, str]:
 
 def approvals(model: RegisteredModel) -> list[dict[str, Any]]:
     """The model's approval history (oldest first): version, decision, by, at, reason."""
-    raw = (model.tags or {}).get(APPROVALS_TAG)
-    if not raw:
-        return []
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise RegistryError(f"model {model.name!r} has a corrupt {APPROVALS_TAG} tag") from exc
-    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+    return [v for v in _list_tag(model, APPROVALS_TAG) if isinstance(v, dict)]
 
 
 def _append_approval(

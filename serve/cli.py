@@ -25,16 +25,16 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logg
 
 
 def _source(file: Path | None, store_url: str | None):
+    """`--file`, else `--store-url`'s table, else the settings' choice (key file, else store)."""
     from data.config import Settings
-    from serve.keys import FileKeys, open_source
+    from serve.keys import DatabaseKeys, FileKeys, open_source
+    from serve.store import PredictionStore
 
     if file is not None:
         return FileKeys(file)
-    if store_url is None:
-        return open_source(Settings.from_env())
-    from serve.store import PredictionStore
-
-    return open_source(Settings.from_env(), PredictionStore(store_url))
+    if store_url is not None:
+        return DatabaseKeys(PredictionStore(store_url))
+    return open_source(Settings.from_env())
 
 
 @keys_app.command("create")

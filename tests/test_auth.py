@@ -96,19 +96,30 @@ def test_token_bucket_allows_a_burst_then_says_when() -> None:
     assert buckets.take("other", 60, now=101.0) == 0.0  # buckets are per key
 
 
-def test_cli_creates_lists_and_revokes(tmp_path: Path) -> None:
-    path = tmp_path / "cli-keys.json"
+@pytest.mark.parametrize("where", ["key file", "store table"])
+def test_cli_creates_lists_and_revokes(tmp_path: Path, where: str) -> None:
+    path = tmp_path / ("cli-keys.json" if where == "key file" else "predictions.db")
+    env = {k: v for k, v in os.environ.items() if k != "MEDISCALE_API_KEYS_FILE"}
+    store = []
+    if where == "key file":
+        env["MEDISCALE_API_KEYS_FILE"] = str(path)
+    else:
+        store = ["--store-url", f"sqlite:///{path}"]
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        env = {**os.environ, "MEDISCALE_API_KEYS_FILE": str(path)}
         return subprocess.run(
-            [sys.executable, "-m", "serve", "keys", *args], cwd=REPO, env=env, capture_output=True, text=True
+            [sys.executable, "-m", "serve", "keys", *args, *store],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
         )
 
     made = cli("create", "--role", "feedback", "--name", "ehr-feed")
     assert made.returncode == 0, made.stderr
     key = made.stdout.strip().splitlines()[-1]
-    assert key.startswith("msk_") and key not in path.read_text()
+    assert key.startswith("msk_") and key.encode() not in path.read_bytes()
+    assert hash_key(key).encode() in path.read_bytes()  # the hash is what is kept
     listed = json.loads(cli("list", "--json").stdout)
     assert listed == [
         {"name": "ehr-feed", "role": "feedback", "rate_per_minute": None,
