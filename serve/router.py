@@ -73,6 +73,7 @@ StoredId = Annotated[
 ]
 _GATE_REFUSALS = (401, 403, 429)  # any key-protected endpoint (serve/auth.py)
 _MEANINGS = {
+    400: "The body could not be read as text (not UTF-8).",
     401: "No API key, or one that is unknown or revoked.",
     403: "The key's role may not call this endpoint.",
     404: "No such prediction (or, for a correction, no outcome yet).",
@@ -509,7 +510,7 @@ class Router:
 
     # ------------------------------------------------------------------ HTTP
 
-    @api.post("/predict", response_model=Prediction, responses=problems(409, 413, 503))
+    @api.post("/predict", response_model=Prediction, responses=problems(400, 409, 413, 503))
     async def predict(self, record: PatientRecord, request: Request) -> Prediction:
         """One record -> risk, band, variant, model versions, components and top factors."""
         request_id = _request_id(request)
@@ -517,7 +518,7 @@ class Router:
         [prediction] = await self._score([record], [request_id], request)
         return prediction
 
-    @api.post("/predict/batch", response_model=BatchPrediction, responses=problems(409, 413, 503))
+    @api.post("/predict/batch", response_model=BatchPrediction, responses=problems(400, 409, 413, 503))
     async def predict_batch(self, batch: BatchRequest, request: Request) -> BatchPrediction:
         """Many records in one call; their request ids are `<x-request-id or random>~<index>`
         (a namespace no single prediction's id can enter)."""
@@ -541,7 +542,7 @@ class Router:
             raise HTTPException(404, "request_id: no such prediction")
         return StoredPrediction.from_row(row)
 
-    @api.post("/feedback", response_model=FeedbackReceipt, responses=problems(404, 409, 503))
+    @api.post("/feedback", response_model=FeedbackReceipt, responses=problems(400, 404, 409, 503))
     async def feedback(self, feedback: Feedback, request: Request) -> FeedbackReceipt:
         """The observed outcome of a prediction; one per request id (a second one is refused)."""
         from serve.store import DuplicateFeedback, StoreUnavailable, UnknownRequest
@@ -573,7 +574,7 @@ class Router:
             variant=row.get("variant"),
         )
 
-    @api.put("/feedback/{request_id}", response_model=FeedbackCorrected, responses=problems(404, 503))
+    @api.put("/feedback/{request_id}", response_model=FeedbackCorrected, responses=problems(400, 404, 503))
     async def correct_feedback(
         self, request_id: StoredId, correction: FeedbackCorrection, request: Request
     ) -> FeedbackCorrected:
