@@ -58,9 +58,12 @@ ROUTER = {
 # about 5,300 requests in about 4 minutes (longer while other suites share the cores).
 # Parameterless operations stop after a few.
 FUZZ_EXAMPLES = {
-    "POST /predict": 250,
-    "POST /predict/batch": 150,
-    "GET /predictions/{request_id}": 1_250,
+    "POST /predict": 120,
+    "POST /predict/batch": 60,
+    "GET /predictions/{request_id}": 1_400,
+    "POST /feedback": 1_400,
+    "PUT /feedback/{request_id}": 1_400,
+}": 1_250,
     "POST /feedback": 1_250,
     "PUT /feedback/{request_id}": 1_250,
 }
