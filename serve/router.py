@@ -542,7 +542,7 @@ class Router:
             raise HTTPException(404, "request_id: no such prediction")
         return StoredPrediction.from_row(row)
 
-    @api.post("/feedback", response_model=FeedbackReceipt, responses=problems(400, 404, 409, 503))
+    @api.post("/feedback", response_model=FeedbackReceipt, responses=problems(400, 404, 409, 413, 503))
     async def feedback(self, feedback: Feedback, request: Request) -> FeedbackReceipt:
         """The observed outcome of a prediction; one per request id (a second one is refused)."""
         from serve.store import DuplicateFeedback, StoreUnavailable, UnknownRequest
@@ -574,7 +574,11 @@ class Router:
             variant=row.get("variant"),
         )
 
-    @api.put("/feedback/{request_id}", response_model=FeedbackCorrected, responses=problems(400, 404, 503))
+    @api.put(
+        "/feedback/{request_id}",
+        response_model=FeedbackCorrected,
+        responses=problems(400, 404, 413, 503),
+    )
     async def correct_feedback(
         self, request_id: StoredId, correction: FeedbackCorrection, request: Request
     ) -> FeedbackCorrected:

@@ -260,12 +260,17 @@ PHI_NOTE = "Mrs Wqxyzzy lives at 12 Vrolik Lane, reports chest pain, denies dysp
 PHI_MARKERS = ("Zqpatient", "Wqxyzzy", "Vrolik")
 
 
-def test_phi_markers_reach_no_log_metric_error_body_or_stored_column(
-    client: httpx.Client, store_path: Path
+def test_phi_markers_reach_no_log_metric_error_body_stored_column_or_drift_report(
+    client: httpx.Client,
+    store_path: Path,
+    registered_models: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Distinctive strings in the patient id and the note, sent through every path (scored,
     batched, refused, fed back, read back): afterwards no Ray or Serve log file of the session, no
-    exported metric, no response body and no store column holds any of them."""
+    exported metric, no response body, no store column and no Evidently drift report of the
+    served traffic holds any of them."""
     import ray
 
     bodies: list[str] = []
@@ -317,3 +322,22 @@ def test_phi_markers_reach_no_log_metric_error_body_or_stored_column(
             text = httpx.get(f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics").text
             assert "mediscale_requests" in text or "ray_" in text
             assert not [m for m in PHI_MARKERS if m in text]
+
+    # The drift report (`monitor drift --html`) of the variant that served the marked records
+    from ml import registry
+    from monitor.drift import check_drift
+    from serve.store import PredictionStore
+
+    report = tmp_path / "drift.html"
+    with monkeypatch.context() as env:
+        env.setenv("MEDISCALE_DATA_DIR", str(registered_models["home"]))
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        registry.configure()
+        store = PredictionStore(f"sqlite:///{store_path}")
+        variant = ok.json()["variant"]
+        drift = check_drift(store, variant, min_rows=1, html=report, log_mlflow=False, record=False)
+    registry.configure()  # back to the session's registry
+    text = report.read_text()
+    tested = [c.column for c in drift.columns if c.test != "all_missing"]
+    assert drift.n_current >= 1 and tested and any(column in text for column in tested)
+    assert not [m for m in PHI_MARKERS if m in text]
