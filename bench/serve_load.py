@@ -401,8 +401,10 @@ def deployment_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
     config = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
     [application] = [a for a in config["applications"] if a["name"] == APP_NAME]
-    keep = ("max_ongoing_requests", "autoscaling_config", "num_replicas", "ray_actor_options")
+    keep = ("max_ongoing_requests", "autoscaling_config", "num_replicas", "ray_actor_options", "user_config")
     options = {d["name"]: {k: d[k] for k in keep if k in d} for d in application["deployments"]}
+    for name in ("NoteScorer", "Router"):  # this run's own user_configs (start_serve)
+        options[name].pop("user_config", None)
     if args.note_replicas:
         options["NoteScorer"].pop("autoscaling_config", None)
         options["NoteScorer"]["num_replicas"] = args.note_replicas

@@ -268,7 +268,7 @@ class AuthGate:
         request_id = state.get(REQUEST_ID_STATE)
         entry = AccessEntry(key.name, key.role, method[:8], rule.endpoint, request_id, status, self.where)
         try:
-            await asyncio.to_thread(ctx.audit.write, entry)
+            await ctx.audit.record(entry)
         except Exception as exc:  # the answer is already sent; count the gap, never log the call
             metrics.audit_failed()
             log.warning("audit row not written (%s)", type(exc).__name__)

@@ -26,6 +26,7 @@ from ray.serve.handle import DeploymentHandle
 from serve import metrics
 from serve.auth import KEY_STATE, REQUEST_ID_STATE, AuthGate, GateContext
 from serve.auth import policy as access_policy
+from serve.commit import GroupCommit
 from serve.loading import ModelLoader, RegistryLoader
 from serve.records import (
     MAX_BATCH_ID,
@@ -274,7 +275,7 @@ class Router:
         loader: ModelLoader | None = None,
     ):
         from data.config import Settings
-        from serve.store import PredictionStore
+        from serve.store import PredictionStore, StoreUnavailable
 
         settings = Settings.from_env()
         settings.check_production()  # production without its secrets does not start
@@ -282,6 +283,8 @@ class Router:
         self.combiner, self.tabular, self.note = combiner, tabular, note
         self.loader = loader or RegistryLoader(self.args.data_dir)
         self.store = PredictionStore(self._store_url(), store_note_text=self.args.store_note_text)
+        # predictions of concurrent requests committed in one transaction (serve/commit.py)
+        self.commits = GroupCommit(self.store.log_predictions, shared=(StoreUnavailable,))
         self._open_gate(settings)
         self.config = RouterConfig()
         self.resolved: dict[str, dict[str, str]] = {}  # variant -> {"tabular": v, "note": v}
@@ -452,7 +455,7 @@ class Router:
             rows_out.append(to_store_row(prediction, record, result))
         started = time.perf_counter()
         try:
-            await asyncio.to_thread(self.store.log_predictions, rows_out)
+            await self.commits.commit(rows_out)
         except DuplicateRequest as exc:
             raise HTTPException(409, _already_stored(exc.request_ids)) from None
         except StoreUnavailable as exc:

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 from ray import serve
@@ -17,7 +18,7 @@ from serve import metrics
 from serve.loading import ModelLoader, RegistryLoader, _ModelCache
 from serve.records import PatientRecord
 from serve.scoring import Scored, TabularResult, combine, score_tabular
-from serve.settings import NOTE_MODEL, TABULAR_MODEL, NoteBatchConfig
+from serve.settings import NOTE_MODEL, TABULAR_MODEL, NoteBatchConfig, TabularBatchConfig
 
 log = logging.getLogger("ray.serve")
 
@@ -42,11 +43,46 @@ def _one_risk(predictor: Any, text: str) -> float | NoteFailure:
         return NoteFailure(f"note model failed on this note ({type(exc).__name__})")
 
 
+@dataclass(frozen=True)
+class TabularCall:
+    """One request's records for the TabularScorer's batch."""
+
+    records: list[PatientRecord]
+    version: str
+    top_k: int
+
+
+def _score_calls(predictor: Any, calls: list[TabularCall]) -> list[list[TabularResult] | Exception]:
+    """One `score_tabular` over the records of all `calls` (same version and top_k), split back
+    per call. If the joint call fails, each call is scored alone, so a failure stays with the
+    request that caused it."""
+    records = [r for call in calls for r in call.records]
+    try:
+        results = score_tabular(predictor, records, calls[0].top_k)
+    except Exception:
+        if len(calls) == 1:
+            raise
+        return [_score_alone(predictor, call) for call in calls]
+    out, start = [], 0
+    for call in calls:
+        out.append(results[start : start + len(call.records)])
+        start += len(call.records)
+    return out
+
+
+def _score_alone(predictor: Any, call: TabularCall) -> list[TabularResult] | Exception:
+    try:
+        return score_tabular(predictor, call.records, call.top_k)
+    except Exception as exc:
+        return exc
+
+
 # Defaults match serve/config.yaml (which overrides them): small CPU shares, so the whole
 # graph fits a 2-CPU machine; the note scorer gets a full CPU for its forward passes.
-@serve.deployment(ray_actor_options={"num_cpus": 0.25})
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, user_config=TabularBatchConfig().model_dump())
 class TabularScorer:
-    """The registered XGBoost model: calibrated risk and the top contributing features."""
+    """The registered XGBoost model: calibrated risk and the top contributing features.
+    Concurrent requests are scored in one call (`@serve.batch`): its cost is mostly per call."""
 
     def __init__(
         self, model_name: str = TABULAR_MODEL, data_dir: str | None = None, loader: ModelLoader | None = None
@@ -55,6 +91,11 @@ class TabularScorer:
         self.model_name = model_name
         self.models = _ModelCache(lambda version: self.loader.tabular(model_name, version), model_name)
 
+    def reconfigure(self, config: dict) -> None:
+        settings = TabularBatchConfig.model_validate(config or {})
+        self._batch.set_max_batch_size(settings.max_batch_size)
+        self._batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+
     async def warm(self, versions: list[str]) -> None:
         for version in versions:
             await self.models.get(version)
@@ -62,10 +103,32 @@ class TabularScorer:
     async def score(
         self, records: list[PatientRecord], version: str, top_k: int = 5, variant: str | None = None
     ) -> list[TabularResult]:
-        """`variant` only tags the `tabular` stage timing (model fetch and scoring)."""
+        """`variant` only tags the `tabular` stage timing (model fetch, batch wait and scoring)."""
         with metrics.stage(variant, "tabular"):
-            predictor = await self.models.get(version)
-            return await asyncio.to_thread(score_tabular, predictor, records, top_k)
+            result = await self._batch(TabularCall(list(records), version, top_k))
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _batch(self, calls: list[TabularCall]) -> list[list[TabularResult] | Exception]:
+        """Calls grouped by (version, top_k), one scoring per group; a version that cannot load
+        fails only its own calls (the exception is returned in their place and raised by `score`)."""
+        out: list[list[TabularResult] | Exception] = [RuntimeError("not scored")] * len(calls)
+        groups: dict[tuple[str, int], list[int]] = defaultdict(list)
+        for i, call in enumerate(calls):
+            groups[(call.version, call.top_k)].append(i)
+        for (version, _), rows in groups.items():
+            try:
+                predictor = await self.models.get(version)
+            except Exception as exc:
+                for i in rows:
+                    out[i] = exc
+                continue
+            results = await asyncio.to_thread(_score_calls, predictor, [calls[i] for i in rows])
+            for i, result in zip(rows, results, strict=True):
+                out[i] = result
+        return out
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, user_config=NoteBatchConfig().model_dump())

@@ -114,10 +114,11 @@ def score_tabular(predictor: Any, records: list[PatientRecord], top_k: int = 5) 
     """Calibrated tabular risk and the top `top_k` factors for each record."""
     names = list(predictor.feature_names)
     frame = record_features(records).reindex(columns=names)
-    risk = predictor.predict_proba(frame)
+    risk, contributions = predictor.score(frame, contributions=bool(top_k))
+    if contributions is not None:
+        contributions = contributions.drop(columns="bias")
     rows = feature_rows(frame)
     out = []
-    contributions = predictor.contributions(frame).drop(columns="bias") if top_k else None
     for i, record in enumerate(records):
         factors: list[Factor] = []
         if contributions is not None:
