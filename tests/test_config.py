@@ -35,7 +35,7 @@ def test_every_field_has_its_variables_and_is_read() -> None:
     assert (
         Settings.from_env({"MEDISCALE_S3_ENDPOINT_URL": "a", "AWS_ENDPOINT_URL": "b"}).s3_endpoint_url == "a"
     )
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match=r"^unusable setting: MEDISCALE_ENV$"):
         Settings.from_env({"MEDISCALE_ENV": "prod"})  # a typo is an error, not development
 
 
@@ -57,7 +57,7 @@ def test_production_without_the_salt_is_a_start_up_error(monkeypatch: pytest.Mon
     monkeypatch.setenv("MEDISCALE_ENV", "development")
     assert patient_key_salt() == DEV_PATIENT_KEY_SALT
     monkeypatch.setenv("MEDISCALE_ENV", "production")
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="MEDISCALE_PATIENT_KEY_SALT is not set: production refuses"):
         patient_key("p-1")
     monkeypatch.setenv("MEDISCALE_PATIENT_KEY_SALT", "s3cret")
     assert patient_key("p-1") != patient_key("p-1", DEV_PATIENT_KEY_SALT)

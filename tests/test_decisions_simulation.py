@@ -40,11 +40,18 @@ def row(report, scenario, method):
 
 
 def test_rates_are_shares(report):
+    """Each rate is the share of the experiments that ended in its outcome (None where the
+    scenario and mode define no such error or power, e.g. promoting a better challenger)."""
     for facts in report["scenarios"].values():
         for r in facts["methods"]:
-            for key in ("wrong_promotion", "wrong_rollback", "power"):
-                assert r[key] is None or 0.0 <= r[key] <= 1.0
-            assert sum(r["counts"].values()) == r["experiments"] == 150
+            counts, n = r["counts"], r["experiments"]
+            assert sum(counts.values()) == n == 150
+            assert r["wrong_rollback"] == round(counts["rollback"] / n, 4), r  # neither scenario is worse
+            assert r["wrong_promotion"] in (None, round(counts["promote"] / n, 4)), r
+            if r["power"] is not None:
+                won = {"promote": counts["promote"], "rollback": counts["rollback"],
+                       "not_promote": n - counts["promote"]}[r["power_means"]]  # fmt: skip
+                assert r["power"] == round(won / n, 4), r
 
 
 def test_naive_chi_square_promotes_a_useless_challenger_more_often_than_the_engine(report):

@@ -42,7 +42,7 @@ def test_skipped_looks_spend_nothing_and_unequal_looks_are_allowed() -> None:
     assert spending_boundaries([1.0], 0.025) == pytest.approx([1.95996], abs=1e-4)
     uneven = spending_boundaries([0.3, 0.45, 1.0], 0.025)
     assert uneven[-1] < 2.1 and uneven[0] > 3.5
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="information times must be increasing and positive"):
         spending_boundaries([0.5, 0.4], 0.025)
 
 
@@ -181,9 +181,9 @@ def test_gates_block_promotion_and_say_why() -> None:
 
 
 def test_rule_config_is_checked_and_hashed() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"calibration_slope: need 0 < low < 1 < high, got 1.2, 0.8"):
         RuleConfig(calibration_slope=(1.2, 0.8))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"unknown\n.*Extra inputs are not permitted"):
         RuleConfig(unknown=1)
     assert RuleConfig().digest() == RuleConfig().digest() != RuleConfig(margin=0.003).digest()
     assert RuleConfig(max_labels=5000, looks=10).look_at(3) == 1500

@@ -325,13 +325,13 @@ def test_negation_cue_variety_and_post_negation():
 def test_rejects_contradictory_or_unknown_facts():
     f = random_facts(np.random.default_rng(0))
     f.history, f.denied_history = ["chf"], ["chf"]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="a condition cannot be both in history and denied_history"):
         render_discharge_summary(np.random.default_rng(0), f)
     f.denied_history = ["not_a_condition"]
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="unknown condition 'not_a_condition'"):
         render_discharge_summary(np.random.default_rng(0), f)
     f.denied_history, f.disposition = [], "HOSPICE"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown disposition 'HOSPICE'"):
         render_discharge_summary(np.random.default_rng(0), f)
 
 

@@ -181,7 +181,7 @@ def test_import_uci_from_csv_and_mapping_beside(tmp_path: Path) -> None:
     frames = [read_split_pandas(str(tmp_path / "out"), s) for s in SPLITS if manifest["splits"][s]["rows"]]
     both = pd.concat(frames)
     assert set(both["admission_source"]) == {"Emergency Room"}
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match="already holds a complete output; pass --overwrite"):
         import_uci_diabetes(str(tmp_path), str(tmp_path / "out"))
 
 
@@ -534,7 +534,7 @@ def test_import_mimic3_handmade(tmp_path: Path) -> None:
     assert list(tables["notes"]["category"]) == ["Discharge summary"]
     assert str(tables["notes"]["charttime"].iloc[0]) == "2150-01-04 00:00:00"
 
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match="already holds a complete output; pass --overwrite"):
         import_mimic3(str(src), str(out))
     import_mimic3(str(src), str(out), overwrite=True)
 

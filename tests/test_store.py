@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import subprocess
 import sys
@@ -118,10 +119,10 @@ def test_duplicate_request_is_rejected_and_the_first_row_kept(store: PredictionS
         store.log_prediction(record("dup", risk=0.9, risk_band="high"))
     assert raised.value.request_ids == ["dup"]
     # a batch with one stored id is rejected as a whole
-    with pytest.raises(DuplicateRequest):
+    with pytest.raises(DuplicateRequest, match="^request_id already stored: dup$"):
         store.log_predictions([record("new-1"), record("dup", risk=0.9), record("new-2")])
     # so is a batch that repeats an id within itself
-    with pytest.raises(DuplicateRequest):
+    with pytest.raises(DuplicateRequest, match="^request_id already stored: new-3$"):
         store.log_predictions([record("new-3"), record("new-3")])
     assert row_count(store) == 1
     kept = store.get("dup")
@@ -141,7 +142,7 @@ def test_feedback_is_joined(store: PredictionStore) -> None:
 
 
 def test_feedback_for_unknown_request(store: PredictionStore) -> None:
-    with pytest.raises(UnknownRequest):
+    with pytest.raises(UnknownRequest, match="no prediction with request_id 'nope'"):
         store.add_feedback("nope", False)
     store.log_prediction(record("known"))
     assert store.get("known")["feedback"] is None
@@ -150,7 +151,7 @@ def test_feedback_for_unknown_request(store: PredictionStore) -> None:
 def test_second_feedback_is_rejected_and_the_first_kept(store: PredictionStore) -> None:
     store.log_prediction(record("f-2"))
     store.add_feedback("f-2", False, source="first")
-    with pytest.raises(DuplicateFeedback):
+    with pytest.raises(DuplicateFeedback, match="feedback for 'f-2' already stored"):
         store.add_feedback("f-2", True, source="second")
     assert store.get("f-2")["feedback"]["outcome"] is False
     assert store.get("f-2")["feedback"]["source"] == "first"
@@ -185,7 +186,7 @@ def test_shadow_is_logged_and_joined(store: PredictionStore) -> None:
     assert shadow["model_versions"] == {"tabular": "4", "note": "2"}
     assert shadow["risk"] == pytest.approx(0.35)
     assert store.get("s-1")["risk"] == pytest.approx(0.3)  # the prediction itself is untouched
-    with pytest.raises(UnknownRequest):
+    with pytest.raises(UnknownRequest, match="no prediction with request_id 'never'"):
         store.log_shadow("never", "challenger", {}, 0.5)
 
 
@@ -243,26 +244,26 @@ def test_patient_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MEDISCALE_PATIENT_KEY_SALT", raising=False)
     key = patient_key(PATIENT_ID)
     assert key == patient_key(PATIENT_ID) == patient_key(PATIENT_ID, DEV_PATIENT_KEY_SALT)
-    assert len(key) == 64 and int(key, 16) >= 0
+    assert re.fullmatch("[0-9a-f]{64}", key), key  # HMAC-SHA256 hex digest
     assert PATIENT_ID not in key
     assert key != patient_key("PATIENT-RAW-ID-98766")
     assert patient_key(12345) == patient_key("12345")
     monkeypatch.setenv("MEDISCALE_PATIENT_KEY_SALT", "a-real-secret")
     assert patient_key(PATIENT_ID) == patient_key(PATIENT_ID, "a-real-secret") != key
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="patient_id is empty"):
         patient_key("")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="the patient key salt is empty"):
         patient_key(PATIENT_ID, salt="")
 
 
 def test_invalid_records_are_refused() -> None:
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError, match=r"risk must be in \[0, 1\], got 1.5"):
         record("bad", risk=1.5)
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError, match=r"risk must be in \[0, 1\], got nan"):
         record("bad", risk=float("nan"))
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError, match="request_id must be a non-empty string of at most"):
         record("")
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError, match="an in-memory SQLite store is not shared between connections"):
         PredictionStore("sqlite://")  # in memory: each pooled connection would see another database
 
 

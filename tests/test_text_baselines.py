@@ -142,7 +142,7 @@ def test_dictionary_present_label_and_majority_fallback() -> None:
     assert DictionaryBaseline().fit(texts, labels).predict(["[m] t"]) == ["other"]  # majority
     with pytest.raises(ValueError, match="missing"):
         DictionaryBaseline(present_label="missing").fit(texts, labels)
-    with pytest.raises(NotFittedError):
+    with pytest.raises(NotFittedError, match="DictionaryBaseline is not fitted; call fit"):
         DictionaryBaseline().predict(["[x]"])
     with pytest.raises(ValueError, match="lengths"):
         DictionaryBaseline().fit(["a", "b"], ["x"])
@@ -191,7 +191,7 @@ def test_tfidf_toy_multiclass_and_proba() -> None:
     assert proba.shape == (3, 3)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
     assert [model.classes_[i] for i in proba.argmax(axis=1)] == model.predict(held_out)
-    with pytest.raises(NotFittedError):
+    with pytest.raises(NotFittedError, match="TfidfLogReg is not fitted; call fit"):
         TfidfLogReg().predict(["x"])
     with pytest.raises(ValueError, match="two classes"):
         TfidfLogReg().fit(["a", "b"], ["x", "x"])
