@@ -109,6 +109,20 @@ def configure(settings: Settings | None = None) -> str:
     return uri
 
 
+def saved_state() -> tuple[str | None, frozenset[str]]:
+    """This module's configuration (the URI `configure` chose, the local defaults it exported), for
+    `restore_state`. Tests point the registry at data dirs of their own and must put it back; MLflow's
+    own URIs and their environment variables are the caller's to save."""
+    return _state["uri"], frozenset(_own_defaults)
+
+
+def restore_state(saved: tuple[str | None, frozenset[str]]) -> None:
+    """Put back what `saved_state` returned."""
+    _state["uri"] = saved[0]
+    _own_defaults.clear()
+    _own_defaults.update(saved[1])
+
+
 def _client() -> MlflowClient:
     """A client on the configured store; configures from the environment on first use."""
     from mlflow import MlflowClient

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prerequisites import in_ci, missing
 
 # PostgreSQL fixtures (`postgres_url`, `fresh_postgres_url`) live in tests/postgres.py; Serve
 # fixtures and `deploy` (`serve_port`) in tests/serving.py.
@@ -61,10 +64,11 @@ def ray_cluster(api_keys: dict[str, str]) -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def datasets_dir() -> Path:
-    """The shared real datasets, or skip: the suite must pass on a fresh clone without them."""
+    """The shared real datasets, or skip: the suite must pass on a fresh clone without them (under
+    CI a failure: CI has them)."""
     folder = Path(os.environ.get("MEDISCALE_DATASETS") or REPO_ROOT.parent / "shared" / "datasets")
     if not folder.is_dir():
-        pytest.skip(f"shared datasets not found at {folder} (set MEDISCALE_DATASETS)")
+        missing(f"shared datasets not found at {folder} (set MEDISCALE_DATASETS)")
     return folder
 
 
@@ -74,6 +78,118 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "ray_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.ray)
+
+
+# --------------------------------------------------------------------------- CI runs every test
+
+
+def _no_skips_under_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """Under CI a skip is a failure, whatever raised it (tests/prerequisites.py fails first with a
+    clearer message where it is used): CI provides every prerequisite, so a skip there is a test
+    that silently never ran."""
+    if report.skipped and in_ci() and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI ({reason}): CI must run every test; provide it in .ci/run"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    report = yield
+    _no_skips_under_ci(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    report = yield
+    _no_skips_under_ci(report)
+    return report
+
+
+# --------------------------------------------------------------------------- per-test timeout
+
+# pyproject.toml's pytest-timeout limit covers a test's setup too, so the first test of a run that
+# needs `registered_models` also pays for the session's training: the Ray cluster, the synthetic
+# raw data and features, a tiny BERT and four trainings (and, for a Serve test, Serve's start and
+# first deployment). Measured as that test's setup on 2 cores: 123-237 s in 17 runs (whole-suite
+# CI runs and single files). Whichever test comes first in the run (by the order, -k or a single
+# file) gets this much on top of its own limit: 1.5 x the slowest measured.
+TRAINING_SETUP_SECONDS = 360
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    first = next((i for i in session.items if "registered_models" in getattr(i, "fixturenames", ())), None)
+    if first is None:
+        return
+    marker = first.get_closest_marker("timeout")
+    if marker is None:
+        own, options = getattr(session.config, "_env_timeout", None), {}
+    else:
+        own = marker.args[0] if marker.args else marker.kwargs.get("timeout")
+        options = {k: v for k, v in marker.kwargs.items() if k != "timeout"}
+    if own:  # None or 0: no limit
+        first.add_marker(pytest.mark.timeout(float(own) + TRAINING_SETUP_SECONDS, **options), append=False)
+
+
+# --------------------------------------------------------------------------- MLflow configuration
+
+MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def _mlflow_uris() -> tuple[str | None, str | None]:
+    """MLflow's process-wide tracking and registry URIs (None: not set, or MLflow not imported)."""
+    tracking = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    registry = sys.modules.get("mlflow.tracking._model_registry.utils")
+    return getattr(tracking, "_tracking_uri", None), getattr(registry, "_registry_uri", None)
+
+
+@contextlib.contextmanager
+def mlflow_configuration_kept(prefixes: tuple[str, ...] = ()) -> Iterator[None]:
+    """On exit, put back what points this process at an MLflow store: the MLflow URI variables (and
+    every variable starting with one of `prefixes`), MLflow's own tracking and registry URIs, and
+    ml.registry's module state. `mlflow.set_tracking_uri` (which `registry.configure` calls) exports
+    MLFLOW_TRACKING_URI and MLFLOW_REGISTRY_URI, which a `monkeypatch.delenv` of a variable that was
+    not set does not undo: without this the next test or module (and any subprocess or Ray cluster it
+    starts) would inherit an earlier test's registry."""
+    from ml import registry
+
+    def names() -> set[str]:
+        return {*MLFLOW_URI_VARIABLES, *(k for k in os.environ if prefixes and k.startswith(prefixes))}
+
+    env = {k: os.environ.get(k) for k in names()}
+    uris, state = _mlflow_uris(), registry.saved_state()
+    try:
+        yield
+    finally:
+        if _mlflow_uris() != uris:
+            import mlflow
+
+            mlflow.set_tracking_uri(uris[0])  # type: ignore[arg-type]  # None: back to unset
+            mlflow.set_registry_uri(uris[1])  # type: ignore[arg-type]
+        for key in names() | env.keys():
+            if env.get(key) is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = env[key]  # type: ignore[assignment]
+        registry.restore_state(state)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _mlflow_configuration_per_module() -> Iterator[None]:
+    """A module's own fixtures (a private data dir and registry) end with the module: the next one
+    starts with MLflow configured as this one did. Only the MLflow variables here: MEDISCALE_*
+    variables set by a session fixture first used in this module belong to the session."""
+    with mlflow_configuration_kept():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_configuration_per_test() -> Iterator[None]:
+    """Each test leaves MLflow, ml.registry and the MEDISCALE_* variables as it found them (after
+    its session and module fixtures), whatever it configured or set without monkeypatch."""
+    with mlflow_configuration_kept(("MEDISCALE_",)):
+        yield
 
 
 def _free_port() -> int:
@@ -164,7 +280,8 @@ def registered_models(
         model=str(tiny_bert), max_length=128, head_tokens=32, batch_size=16, max_steps=6, learning_rate=1e-3
     )
     out: dict = {"home": home}
-    with pytest.MonkeyPatch.context() as env:
+    # The trainings configure MLflow for `home`: put the process back as it was when done.
+    with mlflow_configuration_kept(), pytest.MonkeyPatch.context() as env:
         env.setenv("MEDISCALE_DATA_DIR", str(home))
         env.delenv("MLFLOW_TRACKING_URI", raising=False)
         features = str(synthetic_features)

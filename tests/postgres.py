@@ -29,15 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prerequisites import in_ci
 
 URL_ENV = "MEDISCALE_TEST_POSTGRES_URL"
 SUPERUSER = "mediscale"
 DATABASE = "mediscale_test"
 BIN_GLOB = "/usr/lib/postgresql/*/bin"
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def find_postgres_bin() -> Path | None:

@@ -2,8 +2,8 @@
 a sensible fake model passes every probe, and fakes with one typical bug each (reads "denies chest
 pain" as chest pain, knows names, takes an unknown for the worst case, is case/space sensitive,
 ignores the shorthands, leaves out `missing`) fail exactly the probes made for that bug, with
-reasons. With data.concepts importable, a fake reading notes through the real extractor must also
-pass every probe: the notes say what the probes think they say. No Ray, no HTTP server; seconds."""
+reasons. A fake reading notes through the real extractor (data.concepts) must also pass every
+probe: the notes say what the probes think they say. No Ray, no HTTP server; seconds."""
 
 from __future__ import annotations
 
@@ -98,13 +98,8 @@ class Reader:
 
 def concepts_reader() -> Callable[[str], dict[str, Any]]:
     """The service's own extractor (and cleaner) as a Reader."""
-    concepts = pytest.importorskip("data.concepts")
-    try:
-        from data.features import clean_note
-    except ImportError:
-
-        def clean_note(text: str) -> str:
-            return text
+    from data import concepts
+    from data.features import clean_note
 
     def read(text: str) -> dict[str, Any]:
         values = concepts.note_concept_values(clean_note(text))
@@ -251,7 +246,7 @@ def test_a_model_reading_notes_with_the_real_extractor_passes_every_probe() -> N
 
 
 def test_the_missing_checks_agree_with_the_service_definition() -> None:
-    record = pytest.importorskip("data.record")
+    from data import record
 
     for p in PROBES:
         if p.response_check is not None:

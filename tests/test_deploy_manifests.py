@@ -245,11 +245,9 @@ def test_rayservice_deployments_are_the_serve_config_deployments(rayservice: Any
 
 
 def test_config_deployments_exist_in_the_built_app(serve_config: dict) -> None:
-    """Builds serve/config.yaml's import_path with its args, as `serve deploy` does. Skips only
-    while serve/app.py does not exist; once it does, an import error or a name missing from the
-    app fails."""
-    if not checks.serve_app_file().exists():
-        pytest.skip("serve/app.py not written yet")
+    """Builds serve/config.yaml's import_path with its args, as `serve deploy` does: a missing
+    serve/app.py, an import error or a name missing from the app fails."""
+    assert checks.serve_app_file().is_file()
     assert checks.check_app_deployments(serve_config) == []
 
 

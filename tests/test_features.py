@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.fs as pafs
 import pytest
+from prerequisites import shared_dataset
 
 from data.features import build_features, compute_features_pandas
 from data.featureset import SPLITS, FeatureFolderError, read_manifest, read_split_pandas
@@ -172,7 +173,7 @@ def test_existing_output_is_kept_unless_overwrite(
 def test_mimic3_demo_through_the_pipeline(ray_cluster: object, datasets_dir: Path, tmp_path: Path) -> None:
     from data.sources import import_mimic3
 
-    import_mimic3(str(datasets_dir / "mimic3_demo"), str(tmp_path / "raw"))
+    import_mimic3(str(shared_dataset(datasets_dir, "mimic3_demo")), str(tmp_path / "raw"))
     manifest = build_features(str(tmp_path / "raw"), str(tmp_path / "features"))
     admissions = pd.read_csv(datasets_dir / "mimic3_demo" / "ADMISSIONS.csv")
     terminal = (admissions["hospital_expire_flag"] == 1) | admissions["discharge_location"].str.startswith(

@@ -2,7 +2,7 @@
 
 Handmade inputs cover the logic without any download; tests marked `shared_data` run on the
 real public datasets found through MEDISCALE_DATASETS (default `<repo>/../shared/datasets`)
-and skip with a reason when they are absent.
+and skip with a reason when they are absent (fail under CI: tests/prerequisites.py).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 import pytest
+from prerequisites import shared_dataset
 from sklearn.metrics import roc_auc_score
 
 from data.featureset import SPLITS, read_split_pandas
@@ -30,13 +31,6 @@ from data.sources.uci_diabetes import (
     import_uci_diabetes,
     uci_features,
 )
-
-
-def _dataset(folder: Path, *parts: str) -> Path:
-    path = folder.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} not found")
-    return path
 
 
 def _read_raw_table(folder: Path, table: str) -> pads.Dataset:
@@ -207,7 +201,7 @@ def test_import_uci_errors_name_the_path(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def uci_import(datasets_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    zip_path = _dataset(datasets_dir, "diabetes130", "dataset_diabetes.zip")
+    zip_path = shared_dataset(datasets_dir, "diabetes130", "dataset_diabetes.zip")
     out = tmp_path_factory.mktemp("uci") / "features"
     return out, import_uci_diabetes(str(zip_path), str(out))
 
@@ -580,7 +574,7 @@ def test_import_mimic3_errors_name_the_path(tmp_path: Path) -> None:
 
 @pytest.mark.shared_data
 def test_import_mimic3_demo(datasets_dir: Path, tmp_path: Path) -> None:
-    src = _dataset(datasets_dir, "mimic3_demo")
+    src = shared_dataset(datasets_dir, "mimic3_demo")
     out = tmp_path / "raw"
     manifest = import_mimic3(str(src), str(out))
     assert manifest["tables"]["patients"] == 100
@@ -650,7 +644,7 @@ def test_text_readers_errors_name_the_file(tmp_path: Path) -> None:
 
 @pytest.mark.shared_data
 def test_read_negex_real(datasets_dir: Path) -> None:
-    df = read_negex(str(_dataset(datasets_dir, "negex", "Annotations-1-120.txt")))
+    df = read_negex(str(shared_dataset(datasets_dir, "negex", "Annotations-1-120.txt")))
     assert len(df) == 2376
     assert df["label"].value_counts().to_dict() == {"Affirmed": 1885, "Negated": 491}
     assert df["group"].nunique() == 116
@@ -664,7 +658,7 @@ def test_read_negex_real(datasets_dir: Path) -> None:
 
 @pytest.mark.shared_data
 def test_read_mts_dialog_real(datasets_dir: Path) -> None:
-    folder = _dataset(datasets_dir, "mts_dialog")
+    folder = shared_dataset(datasets_dir, "mts_dialog")
     train = read_mts_dialog(str(folder), "train")
     valid = read_mts_dialog(str(folder / "MTS-Dialog-ValidationSet.csv"), "valid")
     assert len(train) == 1201 and len(valid) == 100

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from prerequisites import shared_dataset
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
@@ -222,9 +223,7 @@ def test_classification_scores_known_values() -> None:
 
 @pytest.fixture(scope="module")
 def negex(datasets_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    path = datasets_dir / "negex" / "Annotations-1-120.txt"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
+    path = shared_dataset(datasets_dir, "negex", "Annotations-1-120.txt")
     return negex_split(read_negex(str(path)))
 
 
@@ -255,9 +254,7 @@ def test_negex_baselines_on_test_reports(negex: tuple[pd.DataFrame, pd.DataFrame
 @pytest.mark.shared_data
 def test_tfidf_beats_majority_on_mts_dialog(datasets_dir: Path) -> None:
     """Measured on the 100 validation sections: accuracy 0.64, macro-F1 0.38 (majority: 0.22)."""
-    folder = datasets_dir / "mts_dialog"
-    if not folder.is_dir():
-        pytest.skip(f"{folder} not found")
+    folder = shared_dataset(datasets_dir, "mts_dialog")
     train, valid = read_mts_dialog(str(folder), "train"), read_mts_dialog(str(folder), "valid")
     x, y = train["text"].tolist(), train["label"].tolist()
     y_valid = valid["label"].tolist()
