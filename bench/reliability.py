@@ -5,7 +5,7 @@ when something does, and whether the prediction log stays true to the answers gi
 audit trail: a 200 must mean one stored row, and a refused request must leave none).
 
 - `kill`: a closed-loop client (`--concurrency`, default 4) for `--kill-seconds`; meanwhile one
-  replica of each deployment of the `mediscale` app (TabularScorer, NoteScorer, Combiner, Router,
+  replica of each deployment of the `mediscale` app (TabularScorer, NoteScorer, Router,
   in that order) is SIGKILLed, at evenly spaced times. Each request has its own x-request-id; on a
   5xx, a timeout or a connection error it is retried with the SAME id (exponential backoff), and a
   409 on a retry means an earlier attempt committed: the stored answer is read back with
@@ -66,7 +66,7 @@ from serve_load import Payloads  # noqa: E402  (the load test's varied records: 
 log = logging.getLogger("bench.reliability")
 
 APP = "mediscale"
-DEPLOYMENTS = ("TabularScorer", "NoteScorer", "Combiner", "Router")  # the kill order
+DEPLOYMENTS = ("TabularScorer", "NoteScorer", "Router")  # the kill order
 SCENARIOS = ("kill", "outage", "soak")
 RECOVERY_RUN = 3  # consecutive successful attempts that count as recovered
 RSS_EVERY_S = 15.0

@@ -2,10 +2,11 @@
 
 Three things are measured in the same run, so a noisy shared machine affects them alike:
 
-- `serve`: the Ray Serve application of serve/app.py (Router -> Combiner -> TabularScorer +
-  NoteScorer with @serve.batch) on a local 2-CPU Ray, deployment options from serve/config.yaml
-  (overridable), all traffic on the champion (weight 1.0, challenger 0.0), shadow off. Each
-  prediction is committed to its own SQLite store before the answer, as in production.
+- `serve`: the Ray Serve application of serve/app.py (Router with its CombinedScorer ->
+  TabularScorer + NoteScorer, both with @serve.batch) on a local 2-CPU Ray, deployment options
+  from serve/config.yaml (overridable), all traffic on the champion (weight 1.0, challenger
+  0.0), shadow off. Each prediction is committed to its own SQLite store before the answer, as
+  in production.
 - `baseline`: one uvicorn process (one worker) with a plain FastAPI app that loads the same model
   versions from the registry and, per request, does what the Serve deployments do by calling
   serve.scoring as they do: `score_tabular` (features, calibrated tabular risk, top-5 factors),
@@ -85,7 +86,7 @@ def bench_key(folder: Path) -> dict[str, str]:
 TABULAR = "readmission-tabular"
 NOTE = "readmission-notes"
 APP_NAME = "mediscale"
-DEPLOYMENTS = ("Router", "Combiner", "TabularScorer", "NoteScorer")
+DEPLOYMENTS = ("Router", "TabularScorer", "NoteScorer")
 TOP_FACTORS = 5  # the Serve app's AppArgs.top_factors default
 MEDIUM_RISK, HIGH_RISK = 0.10, 0.25  # RouterConfig defaults
 
@@ -289,7 +290,7 @@ def score_records(tabular, note, combiner, records, note_batch: int) -> list[Sco
     """What one Serve request computes, for a list of records, through serve.scoring as the
     deployments call it: `score_tabular` (features, calibrated risk, top factors; TabularScorer),
     the note model's risk for the records that have a note (NoteScorer; only when a note model is
-    given) and `combine` (Combiner). Returns one `serve.scoring.Scored` per record."""
+    given) and `combine` (the Router's CombinedScorer). Returns one `serve.scoring.Scored` per record."""
     from serve.scoring import combine, score_tabular
 
     results = score_tabular(tabular, records, TOP_FACTORS)
@@ -415,13 +416,13 @@ def deployment_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if args.note_cpus is not None:
         options["NoteScorer"]["ray_actor_options"] = {"num_cpus": args.note_cpus}
     if args.small_cpus is not None:
-        for name in ("Router", "Combiner", "TabularScorer"):
+        for name in ("Router", "TabularScorer"):
             options[name]["ray_actor_options"] = {"num_cpus": args.small_cpus}
     return options
 
 
 def serve_application(app_args: dict, router: dict, note_batch: dict, options: dict):
-    from serve.app import Combiner, NoteScorer, Router, TabularScorer
+    from serve.app import NoteScorer, Router, TabularScorer
 
     tabular = TabularScorer.options(**options["TabularScorer"]).bind(
         app_args["tabular_model"], app_args["data_dir"]
@@ -429,8 +430,7 @@ def serve_application(app_args: dict, router: dict, note_batch: dict, options: d
     note = NoteScorer.options(**options["NoteScorer"], user_config=note_batch).bind(
         app_args["note_model"], app_args["data_dir"]
     )
-    combiner = Combiner.options(**options["Combiner"]).bind(tabular, note)
-    return Router.options(**options["Router"], user_config=router).bind(combiner, tabular, note, app_args)
+    return Router.options(**options["Router"], user_config=router).bind(tabular, note, app_args)
 
 
 def replica_counts() -> dict[str, dict[str, int]]:
@@ -969,7 +969,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--note-replicas", type=int, default=0, help="fixed NoteScorer replicas (0: config)")
     parser.add_argument("--fixed-replicas", action="store_true", help="no autoscaling: 1 replica each")
     parser.add_argument("--note-cpus", type=float, help="NoteScorer num_cpus (default: config.yaml)")
-    parser.add_argument("--small-cpus", type=float, help="Router/Combiner/TabularScorer num_cpus")
+    parser.add_argument("--small-cpus", type=float, help="Router/TabularScorer num_cpus")
     parser.add_argument("--ceiling-batches", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--ceiling-seconds", type=float, default=10.0)
     parser.add_argument("--wait-models-s", type=float, default=3600.0)

@@ -2,16 +2,19 @@
 
 Deployments, composed by passing handles to constructors:
 
-    Router (FastAPI ingress) -> Combiner -> TabularScorer   (XGBoost over structured data and
-                                                            note concepts, calibrated, factors)
-                                        -> NoteScorer      (@serve.batch over an optional opaque
-                                                            note model, when a variant names one)
+    Router (FastAPI ingress, CombinedScorer) -> TabularScorer  (@serve.batch: XGBoost over
+                                                               structured data and note concepts,
+                                                               calibrated, factors)
+                                             -> NoteScorer     (@serve.batch over an optional
+                                                               opaque note model, when a variant
+                                                               names one)
 
 What each deployment computes is a plain function of serve/scoring.py (features, tabular risk,
 combination, Prediction, store row); the deployments only move typed results between them.
 
 - Router: validates the record, assigns a variant (champion / challenger) by a hash of the
-  patient id (sticky) or else the request id, asks the Combiner for that variant's risk,
+  patient id (sticky) or else the request id, asks both scorers for that variant's risks and combines them
+  in-process (serve/scorers.py CombinedScorer: one hop per scorer, not two),
   commits the prediction to the store before answering, and optionally scores the other
   variant in the background (shadow) without the client waiting for it. Its `user_config`
   (variants with weights and model references, shadow, alias refresh, risk bands) is hot:
@@ -37,7 +40,7 @@ from __future__ import annotations
 from ray import serve
 
 from serve.router import Router, assignment_point, pick_variant
-from serve.scorers import Combiner, NoteScorer, TabularScorer
+from serve.scorers import CombinedScorer, NoteScorer, TabularScorer
 from serve.settings import (
     NOTE_MODEL,
     TABULAR_MODEL,
@@ -51,7 +54,7 @@ __all__ = [
     "NOTE_MODEL",
     "TABULAR_MODEL",
     "AppArgs",
-    "Combiner",
+    "CombinedScorer",
     "NoteBatchConfig",
     "NoteScorer",
     "Router",
@@ -70,8 +73,7 @@ def build_app(args: dict | None = None) -> serve.Application:
     settings = AppArgs.model_validate(args or {})
     tabular = TabularScorer.bind(settings.tabular_model, settings.data_dir)
     note = NoteScorer.bind(settings.note_model, settings.data_dir)
-    combiner = Combiner.bind(tabular, note)
-    return Router.bind(combiner, tabular, note, settings.model_dump())
+    return Router.bind(tabular, note, settings.model_dump())
 
 
 app = build_app()

@@ -47,6 +47,7 @@ from serve.records import (
     child_id,
     risk_band,
 )
+from serve.scorers import CombinedScorer
 from serve.scoring import Scored, to_prediction, to_store_row
 from serve.settings import AppArgs, RouterConfig
 
@@ -268,7 +269,6 @@ class Router:
 
     def __init__(
         self,
-        combiner: DeploymentHandle,
         tabular: DeploymentHandle,
         note: DeploymentHandle,
         args: dict | None = None,
@@ -280,7 +280,8 @@ class Router:
         settings = Settings.from_env()
         settings.check_production()  # production without its secrets does not start
         self.args = AppArgs.model_validate(args or {})
-        self.combiner, self.tabular, self.note = combiner, tabular, note
+        self.tabular, self.note = tabular, note
+        self.scorers = CombinedScorer(tabular, note)  # the combination runs here: no extra hop
         self.loader = loader or RegistryLoader(self.args.data_dir)
         self.store = PredictionStore(self._store_url(), store_note_text=self.args.store_note_text)
         # predictions of concurrent requests committed in one transaction (serve/commit.py)
@@ -430,7 +431,9 @@ class Router:
             setattr(request.state, VARIANT_STATE, variants[0] if len(groups) == 1 else "mixed")
         scored: list[Scored | None] = [None] * len(records)
         calls = {
-            v: self.combiner.score.remote([records[i] for i in rows], resolved[v], self.args.top_factors, v)
+            v: asyncio.ensure_future(
+                self.scorers.score([records[i] for i in rows], resolved[v], self.args.top_factors, v)
+            )
             for v, rows in groups.items()
         }
         try:
@@ -478,7 +481,7 @@ class Router:
 
     async def _shadow(self, records, request_ids, variants, resolved, served) -> None:
         """Score with another variant and log it; never returned, never awaited by a client.
-        One Combiner call per other variant, as for the served scores. A failure loses only what
+        One CombinedScorer call per other variant, as for the served scores. A failure loses only what
         it touches (one variant's group, or one record's row), counted as dropped."""
         groups: dict[str, list[int]] = defaultdict(list)
         for i, (rid, variant) in enumerate(zip(request_ids, variants, strict=True)):
@@ -491,9 +494,7 @@ class Router:
         medium, high = self.config.medium_risk, self.config.high_risk
         for other, rows in groups.items():
             try:
-                results = await self.combiner.score.remote(
-                    [records[i] for i in rows], resolved[other], 0, other
-                )
+                results = await self.scorers.score([records[i] for i in rows], resolved[other], 0, other)
             except Exception as exc:  # a shadow failure must never touch the served path
                 log.warning("shadow scoring failed: %s", type(exc).__name__)
                 metrics.shadow_dropped("error", len(rows))

@@ -1,5 +1,6 @@
-"""The model deployments: TabularScorer, NoteScorer (@serve.batch) and the Combiner. Thin async
-plumbing: what they compute is serve/scoring.py; models come through serve/loading.py.
+"""The model deployments, TabularScorer and NoteScorer (both @serve.batch), and the Router's
+CombinedScorer over their handles. Thin async plumbing: what they compute is serve/scoring.py;
+models come through serve/loading.py.
 
 (No `from __future__ import annotations`: Serve inspects these signatures at deploy time.)
 """
@@ -33,7 +34,7 @@ def _threads() -> int:
 
 class NoteFailure(Exception):
     """One note the note model could not score (returned by `NoteScorer.score` in that item's
-    place, raised by the Combiner for that request only). Carries the error's kind, never text."""
+    place, raised by the CombinedScorer for that request only). Carries the error's kind, never text."""
 
 
 def _one_risk(predictor: Any, text: str) -> float | NoteFailure:
@@ -167,7 +168,7 @@ class NoteScorer:
         the batch. Each item's variant gets the pass's time as its `note` stage.
 
         The batch holds other clients' requests: when a pass fails, its items are scored one by
-        one, so only the item that fails gets a `NoteFailure` (the Combiner raises it for that
+        one, so only the item that fails gets a `NoteFailure` (the CombinedScorer raises it for that
         request alone) and a version that cannot load fails only its own items."""
         out: list[float | NoteFailure] = [NoteFailure("not scored")] * len(items)
         by_version: dict[str, list[int]] = defaultdict(list)
@@ -193,9 +194,12 @@ class NoteScorer:
         return out
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25})
-class Combiner:
-    """One risk per record from both scorers, with the weights stored with the note model."""
+class CombinedScorer:
+    """One risk per record from both scorers, with the weights stored with the note model.
+
+    Runs in the Router's process, not as a deployment of its own: a Combiner deployment between
+    the Router and the scorers cost every request one more hop (its records serialized once
+    more, note text included) for a combination that takes microseconds."""
 
     def __init__(self, tabular: DeploymentHandle, note: DeploymentHandle):
         self.tabular = tabular

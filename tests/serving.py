@@ -40,7 +40,6 @@ def app_config(name: str, route_prefix: str, args: dict, router: dict) -> dict:
         "args": args,
         "deployments": [
             {"name": "TabularScorer", "ray_actor_options": QUARTER_CPU},
-            {"name": "Combiner", "ray_actor_options": QUARTER_CPU},
             {
                 "name": "NoteScorer",
                 "ray_actor_options": QUARTER_CPU,

@@ -174,7 +174,7 @@ def test_typo_in_serve_config_is_caught(serve_config: dict, typo: str) -> None:
 
 BAD_VALUES: dict[str, Callable[[dict], None]] = {
     "max_ongoing_requests": lambda c: _deployment(c, "Router").update(max_ongoing_requests="lots"),
-    "min_replicas": lambda c: _deployment(c, "Combiner")["autoscaling_config"].update(min_replicas=-1),
+    "min_replicas": lambda c: _deployment(c, "TabularScorer")["autoscaling_config"].update(min_replicas=-1),
     "route_prefix": lambda c: c["applications"][0].update(route_prefix="no-leading-slash"),
     "proxy_location": lambda c: c.update(proxy_location="Everywhere"),
 }
@@ -209,7 +209,7 @@ def test_gpu_variant_puts_note_scorer_on_the_gpu_group(rayservice: Any, tmp_path
         for app, d in checks.serve_deployments(config)
         if app == "mediscale"  # the risk service; other applications stay on CPUs
     }
-    assert gpus == {"TabularScorer": 0, "NoteScorer": 1, "Combiner": 0, "Router": 0}
+    assert gpus == {"TabularScorer": 0, "NoteScorer": 1, "Router": 0}
     assert all(
         d["ray_actor_options"].get("num_gpus", 0) == 0
         for app, d in checks.serve_deployments(config)
@@ -241,7 +241,7 @@ def test_rayservice_deployments_are_the_serve_config_deployments(rayservice: Any
     assert len(names) == len(set(names))
     assert [d["name"] for _, d in checks.serve_deployments(carried)] == names
     service = {d["name"] for app, d in checks.serve_deployments(serve_config) if app == "mediscale"}
-    assert service == {"TabularScorer", "NoteScorer", "Combiner", "Router"}
+    assert service == {"TabularScorer", "NoteScorer", "Router"}
 
 
 def test_config_deployments_exist_in_the_built_app(serve_config: dict) -> None:

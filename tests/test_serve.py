@@ -462,5 +462,5 @@ def test_serve_config_yaml_builds_this_application() -> None:
     app = apps["mediscale"]
     assert app["import_path"] == "serve.app:build_app"
     names = {d["name"] for d in app["deployments"]}
-    assert names == {"TabularScorer", "NoteScorer", "Combiner", "Router"}
+    assert names == {"TabularScorer", "NoteScorer", "Router"}
     RouterConfig.model_validate(next(d for d in app["deployments"] if d["name"] == "Router")["user_config"])

@@ -410,7 +410,7 @@ def test_the_ray_metrics_the_dashboard_uses_are_exported(traffic: dict) -> None:
             for s in samples
             if s.name == "ray_serve_deployment_replica_healthy" and s.labels.get("application") == APP
         }
-        assert {"Router", "Combiner", "TabularScorer", "NoteScorer"} <= healthy, healthy
+        assert {"Router", "TabularScorer", "NoteScorer"} <= healthy, healthy
 
     eventually(check)
 
