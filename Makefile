@@ -33,7 +33,7 @@ CLIENT_KEY := MEDISCALE_API_KEY=$${MEDISCALE_API_KEY:-$$(cat $(DEV_KEY) 2>/dev/n
 CURL_EXAMPLE := curl -s localhost:8000/predict -H "authorization: Bearer $$(cat $(DEV_KEY))" -H 'content-type: application/json' \
 	-d '{"age": 67, "blood_pressure": 140, "prior_admissions_365d": 2, "clinical_note": "Reports chest pain at discharge. Lives alone."}'
 
-.PHONY: run models note-models serve venv data test test-fast lint format bench-data bench-tabular bench-behaviour bench-choices bench-decisions bench-drift monitor-report monitor-decide monitor-drift monitor-watch bench-text bench-tune bench-serve tune clean \
+.PHONY: run models note-models serve venv data test test-fast lint format bench-data bench-tabular bench-behaviour bench-choices bench-decisions bench-drift monitor-report monitor-decide monitor-drift monitor-watch bench-text bench-note bench-tune bench-serve tune clean \
 	render deploy-check image image-gpu
 REGISTRY ?= registry.example.com
 RAY_VERSION := $(shell sed -n 's/^ARG RAY_VERSION=//p' Dockerfile)
@@ -133,6 +133,11 @@ bench-serve: venv
 bench-text: venv data
 	$(BIN)/python bench/text_train.py --json bench/results/text_train.json
 	$(BIN)/python bench/text_tasks.py --json bench/results/text_tasks.json
+
+# Note-model inference runtimes (torch fp32, int8, ONNX Runtime) on the registered champion (run alone).
+bench-note: venv data
+	$(BIN)/python bench/note_inference.py --data-dir $(DATA_DIR) --features $(DATA_DIR)/features \
+		--json bench/results/note_inference.json
 
 # The served answer: behaviour needs a running service (make run); the others train or read data.
 URL ?= http://localhost:8000

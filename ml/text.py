@@ -47,6 +47,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field, model_validator
 
+from ml.note_runtime import NoteRuntime, check_runtime, make_forward
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -712,6 +714,9 @@ class NotePredictor:
     """Fine-tuned model + tokenizer + labels (+ a calibrator for binary risk): what serving calls.
 
     `predict_proba` sorts texts by length so each batch pads little, and restores the order.
+    `runtime` (ml/note_runtime.py) is what runs the forward pass: the fp32 torch model as trained,
+    or an int8 / ONNX Runtime form of it made at load (`load(..., runtime=)`, `with_runtime`);
+    `model` stays the fp32 model, so `save` and further conversions never see a converted one.
     """
 
     def __init__(
@@ -731,6 +736,19 @@ class NotePredictor:
         self.positive = positive
         self.calibrator = calibrator
         self.extra = extra or {}
+        self.runtime: NoteRuntime = "torch"
+        self._forward = make_forward(self.model, "torch")
+
+    def with_runtime(self, runtime: NoteRuntime, threads: int | None = None) -> NotePredictor:
+        """This predictor (same weights, tokenizer, labels, calibrator) run by `runtime`; a new
+        object, this one is unchanged. `threads`: ONNX Runtime's intra-op threads (default: torch's)."""
+        runtime = check_runtime(runtime)
+        other = type(self)(
+            self.model, self.tokenizer, self.labels, self.config, self.positive, self.calibrator, self.extra
+        )
+        if runtime != "torch":
+            other.runtime, other._forward = runtime, make_forward(self.model, runtime, threads)
+        return other
 
     @classmethod
     def from_checkpoint(cls, directory: str | Path, tokenizer=None) -> NotePredictor:
@@ -747,20 +765,15 @@ class NotePredictor:
         return next(self.model.parameters()).device
 
     def logits(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        import torch
-
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         ids = encode(self.tokenizer, [str(t) for t in texts], self.config.max_length, self.config.head_tokens)
         order = np.argsort([len(i) for i in ids], kind="stable")
         out = np.zeros((len(ids), len(self.labels)), dtype=np.float32)
         pad_id = self.tokenizer.pad_token_id or 0
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
-                batch = pad_batch([ids[i] for i in rows], pad_id)
-                inputs = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
-                out[rows] = self.model(**inputs).logits.float().cpu().numpy()
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            out[rows] = self._forward(pad_batch([ids[i] for i in rows], pad_id))
         return out
 
     def predict_proba(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
@@ -798,12 +811,16 @@ class NotePredictor:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, threads: int | None = None) -> NotePredictor:
+    def load(
+        cls, directory: str | Path, threads: int | None = None, runtime: NoteRuntime = "torch"
+    ) -> NotePredictor:
+        """A saved predictor (safetensors weights only), run by `runtime` with `threads` threads."""
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from ml.tabular import Calibrator
 
+        runtime = check_runtime(runtime)  # before any loading: a bad name fails fast
         if threads:
             torch.set_num_threads(threads)
         directory = Path(directory)
@@ -822,4 +839,4 @@ class NotePredictor:
             meta.get("positive"),
             calibrator,
             meta.get("extra"),
-        )
+        ).with_runtime(runtime, threads)
