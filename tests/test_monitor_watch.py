@@ -356,7 +356,11 @@ def test_a_lab_and_vitals_outage_retrains_a_challenger_that_waits_for_approval_a
     assert variants["challenger"]["versions"]["tabular"] == new
     share = variants["challenger"]["effective_weight"] / sum(v["effective_weight"] for v in variants.values())
     assert share == pytest.approx(0.1, abs=1e-6)
-    assert variants["challenger"]["override"] is not None
+    # ... through the override the retraining pass recorded, which applies now that it serves them
+    override = variants["challenger"]["override"]
+    assert override["weight"] == pytest.approx(retrained["challenger_weight"]), override
+    assert override["applies"] and override["versions"] == retrained["challenger_versions"], override
+    assert override["reason"].startswith("monitor watch: retrained after drift share"), override
 
     with PredictionStore(f"sqlite:///{store_path}") as store:
         passes = control.events(store, kind="watch")

@@ -199,7 +199,7 @@ def test_batch_scores_to_s3(
     scores = pads.dataset(files, filesystem=remote.fs, format="parquet").to_table().to_pandas()
     assert len(scores) == len(read_split_pandas(str(synthetic_features), "valid")) == summary["rows"]
     assert scores["risk"].between(0, 1).all() and set(scores["version"]) == {"2"}
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match="already holds a complete output; pass --overwrite"):
         score_features(str(synthetic_features), "readmission-tabular@2", out, ["valid"])
 
 

@@ -107,7 +107,8 @@ def test_shifts_are_deterministic_and_compose() -> None:
     assert (
         a["labs"].filter(pa.compute.equal(a["labs"]["item"], "creatinine"))["unit"].unique().to_pylist()
     ) == ["umol/L"]
-    assert all("D/C" in t or "d/c" in t for t in _summaries(a["notes"].to_pandas()))
+    summaries = _summaries(a["notes"].to_pandas())
+    assert len(summaries) > 100 and all("D/C" in t or "d/c" in t for t in summaries)  # measured: 276 of 276
 
 
 def test_older_hf_is_older_with_more_heart_failure(base: dict[str, pd.DataFrame]) -> None:

@@ -163,7 +163,8 @@ def test_registry_cli_promote_rollback_and_unknown_model(trained: dict, mlflow_h
     assert listed.returncode == 0 and "readmission-tabular" in listed.stdout and "champion" in listed.stdout
     unknown = cli("promote", "--model", "no-such-model", "--version", "1")
     assert unknown.returncode == 2 and "no-such-model" in unknown.stderr and "Traceback" not in unknown.stderr
-    assert cli("rollback", "--model", "readmission-tabular").returncode == 2  # nothing to roll back to
+    nothing = cli("rollback", "--model", "readmission-tabular")
+    assert nothing.returncode == 2 and "no earlier champion to roll back to" in nothing.stderr, nothing.stderr
 
 
 def test_canonical_order_ignores_the_order_rows_arrive_in() -> None:

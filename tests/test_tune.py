@@ -198,6 +198,12 @@ TEXT_FAST = {
 # on the search space's sampler.
 DIVERGING = {"learning_rate": 1.0, "batch_size": 32, "warmup_ratio": 0.0, "weight_decay": 0.0}
 SEARCH_BERT_SEED = 0
+# The first text-search test that runs also sets up `text_searched` (3 BERT trials, an interrupt and
+# a resume, the best trial retrained and evaluated): 109-121 s of setup in whole-suite CI runs. Run
+# alone, it also pays for the synthetic features and `searched` (tabular): 371 s measured on a
+# loaded 2-core machine (load average 7-9). Whichever of the three runs first pays, so each gets
+# 600 s.
+TEXT_SEARCH_TIMEOUT = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
@@ -236,14 +242,16 @@ def _losses_by_step(experiment: Path) -> dict[str, dict[int, float]]:
 @pytest.fixture(scope="module")
 def text_searched(
     ray_cluster: object, synthetic_features: Path, search_bert: Path, tune_home: Path,
-    tmp_path_factory: pytest.TempPathFactory,
+    searched: dict, tmp_path_factory: pytest.TempPathFactory,
 ) -> dict:  # fmt: skip
     """3 trials one at a time: the default, a diverging one (ASHA must stop it at step 3), a random
     one. The search is interrupted after the second trial and resumed, so the resumed search must
     start a trial after an ASHA stop: before the orphan reaper, that trial waited for ever for
     the CPU still held by the stopped trial's Train workers. One at a time, ASHA's decision does
     not depend on timing: the default trial's step-3 result is in the rung before the diverging
-    trial starts, and with one value in the rung the cut-off is that value."""
+    trial starts, and with one value in the rung the cut-off is that value. After `searched`,
+    which registers the tabular champion the note model's combiner is fitted against, also when
+    these tests run without the tabular ones."""
     from tune.text_search import TextSearchConfig, run_text_search
     from tune.xgboost_search import SearchInterrupted
 
@@ -259,6 +267,7 @@ def text_searched(
     return {**out, "finished_before": marker.read_text().split(), "lines_before": before}
 
 
+@TEXT_SEARCH_TIMEOUT
 def test_text_search_stops_the_diverging_trial_and_resumes(text_searched: dict, tune_home: Path) -> None:
     rows = {row["trial_id"]: row for row in text_searched["top"]}
     assert text_searched["trials"] == 3 and len(rows) == 3 and not any(r["error"] for r in rows.values())
@@ -278,6 +287,7 @@ def test_text_search_stops_the_diverging_trial_and_resumes(text_searched: dict, 
     assert all(after[t] == text_searched["lines_before"][t] for t in text_searched["finished_before"])
 
 
+@TEXT_SEARCH_TIMEOUT
 def test_text_search_leaves_no_cpus_held_by_stopped_trials(text_searched: dict) -> None:
     from tune.text_search import orphaned_train_groups
 
@@ -288,6 +298,7 @@ def test_text_search_leaves_no_cpus_held_by_stopped_trials(text_searched: dict) 
         time.sleep(0.5)
 
 
+@TEXT_SEARCH_TIMEOUT
 def test_text_search_registers_the_best_trial_with_provenance(text_searched: dict) -> None:
     from mlflow import MlflowClient
 
@@ -313,7 +324,14 @@ def test_text_search_registers_the_best_trial_with_provenance(text_searched: dic
     assert sorted(r.data.tags["tune_trial_id"] for r in trials) == sorted(
         r["trial_id"] for r in text_searched["top"]
     )
-    assert 0 <= text_searched["test"]["test_auroc"] <= 1
+    # The test scores reported are those logged with the registered version, and its combiner
+    # (tabular champion + note) ranks test stays no worse than the tabular champion alone. Measured:
+    # note 0.471 (6 steps of a tiny BERT: chance), tabular 0.75135, combined 0.75134: the combiner
+    # weighs a useless note down to nothing. 0.005 (600 x that gap) lets weights fitted on the
+    # validation split reorder a few test stays, not cost half a point of AUROC.
+    test = text_searched["test"]
+    assert client.get_run(version.run_id).data.metrics["test_auroc"] == pytest.approx(test["test_auroc"])
+    assert test["test_auroc_combined"] >= test["test_auroc_tabular"] - 0.005, test
 
 
 def test_text_search_config_refuses_unknown_points_and_options() -> None:
@@ -469,7 +487,8 @@ def _run_job(address: str, command: str, data_dir: Path) -> str:
             "env_vars": {"MEDISCALE_DATA_DIR": str(data_dir), "MLFLOW_DISABLE_TELEMETRY": "true"},
         },
     )
-    deadline = time.monotonic() + 600
+    # Jobs take 45-65 s. Within the 300 s test limit, so that a stuck job is stopped and its logs shown.
+    deadline = time.monotonic() + 200
     while (status := client.get_job_status(job_id)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED,
                                                            JobStatus.STOPPED}:  # fmt: skip
         if time.monotonic() > deadline:
