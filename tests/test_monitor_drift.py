@@ -72,8 +72,9 @@ class _StubPredictor:
 
     feature_names = ["age"]
 
-    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        return np.full(len(frame), 0.1)
+    def score(self, frame: pd.DataFrame, contributions: bool = True) -> tuple[np.ndarray, None]:
+        assert not contributions  # called with top_k 0
+        return np.full(len(frame), 0.1), None
 
 
 def test_served_descriptors_equal_the_training_ones_and_no_note_text_is_stored(tmp_path: Path) -> None:

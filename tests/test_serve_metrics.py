@@ -560,7 +560,10 @@ def test_recording_never_raises_when_metrics_break(monkeypatch: pytest.MonkeyPat
     metrics.model_load("readmission-tabular", "1", 1.0, ok=True)
     metrics.drift_share("challenger", 0.2)
     metrics.last_decision(3, "promote", datetime.now(UTC))
-    with pytest.raises(ValueError), metrics.stage("champion", "tabular"):
+    with (
+        pytest.raises(ValueError, match="the block's own error passes through"),
+        metrics.stage("champion", "tabular"),
+    ):
         raise ValueError("the block's own error passes through")
 
     def cannot_create(definition):

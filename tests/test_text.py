@@ -257,7 +257,9 @@ def test_registered_note_model_round_trip(registered_models: dict, monkeypatch: 
     texts = ["Discharge Summary. Lives alone. Could not afford medications.", "Discharged home with family."]
     risk = loaded.risk(texts)
     assert risk.shape == (2,) and np.all((risk >= 0) & (risk <= 1))
-    assert 0 <= trained["test_auroc"] <= 1 and "test_auroc_combined" in trained
+    # the stacked model must not be worse than the tabular model alone (the combiner may weight the
+    # note at ~0 when it adds nothing; measured: 0.77222 combined vs 0.77222 tabular, note 0.526)
+    assert trained["test_auroc_combined"] >= trained["test_auroc_tabular"] - 0.005
 
 
 def test_train_notes_cli_refuses_an_unknown_task(tmp_path: Path) -> None:
