@@ -273,7 +273,7 @@ def wait_for_models(data_dir: Path, timeout_s: float) -> dict[str, str]:
             time.sleep(20)
 
 
-def load_models(data_dir: Path, versions: dict[str, str]):
+def load_models(data_dir: Path, versions: dict[str, str], runtime: str = "torch", threads: int | None = None):
     from ml import registry
     from ml.combine import RiskCombiner
     from ml.tabular import TabularPredictor
@@ -282,6 +282,8 @@ def load_models(data_dir: Path, versions: dict[str, str]):
     configure_registry(data_dir)
     tabular = registry.load_verified(TABULAR, versions[TABULAR], TabularPredictor.load)
     note = registry.load_verified(NOTE, versions[NOTE], NotePredictor.load)
+    if runtime != "torch":  # as NoteScorer does: the verified fp32 model, converted after loading
+        note = note.with_runtime(runtime, threads)
     stored = note.extra.get("combiner")
     return tabular, note, RiskCombiner(**stored) if stored else RiskCombiner()
 
@@ -319,7 +321,7 @@ def baseline_server(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     versions = {TABULAR: args.tabular_version, NOTE: args.note_version}
-    tabular, note, combiner = load_models(Path(args.data_dir), versions)
+    tabular, note, combiner = load_models(Path(args.data_dir), versions, args.note_runtime, args.threads)
     store = PredictionStore(args.store_url)  # store_note_text=False, as the Router's default
     model_versions = {"tabular": args.tabular_version, "note": args.note_version}
     app = FastAPI()
@@ -358,7 +360,7 @@ def baseline_server(args: argparse.Namespace) -> None:
     uvicorn.run(app, host="127.0.0.1", port=args.port, workers=1, log_level="warning", access_log=False)
 
 
-def start_baseline(data_dir: Path, store_url: str, versions: dict[str, str], threads: int):
+def start_baseline(data_dir: Path, store_url: str, versions: dict[str, str], threads: int, runtime: str):
     port = free_port()
     env = {
         **os.environ,
@@ -382,6 +384,8 @@ def start_baseline(data_dir: Path, store_url: str, versions: dict[str, str], thr
         versions[NOTE],
         "--threads",
         str(threads),
+        "--note-runtime",
+        runtime,
     ]
     proc = subprocess.Popen(cmd, env=env, cwd=str(ROOT))
     url = f"http://127.0.0.1:{port}"
@@ -428,7 +432,7 @@ def serve_application(app_args: dict, router: dict, note_batch: dict, options: d
         app_args["tabular_model"], app_args["data_dir"]
     )
     note = NoteScorer.options(**options["NoteScorer"], user_config=note_batch).bind(
-        app_args["note_model"], app_args["data_dir"]
+        app_args["note_model"], app_args["data_dir"], None, app_args["note_runtime"]
     )
     return Router.options(**options["Router"], user_config=router).bind(tabular, note, app_args)
 
@@ -582,6 +586,7 @@ def start_serve(args: argparse.Namespace, data_dir: Path, store_url: str, option
         "data_dir": str(data_dir),
         "store_url": store_url,
         "top_factors": TOP_FACTORS,
+        "note_runtime": args.note_runtime,
     }
     router = {
         "variants": {
@@ -796,7 +801,7 @@ def run(args: argparse.Namespace) -> dict:
 
     payloads = Payloads(seed=args.seed)
     torch.set_num_threads(args.threads)
-    tabular, note, combiner = load_models(data_dir, versions)
+    tabular, note, combiner = load_models(data_dir, versions, args.note_runtime, args.threads)
     tokens = note_tokens(note, payloads)
     model = note.model
     note_info = {
@@ -820,7 +825,7 @@ def run(args: argparse.Namespace) -> dict:
     proc = None
     try:
         proc, baseline_url = start_baseline(
-            data_dir, f"sqlite:///{stores['baseline']}", versions, args.threads
+            data_dir, f"sqlite:///{stores['baseline']}", versions, args.threads, args.note_runtime
         )
         serve_url, metrics_port, health, user_configs = start_serve(
             args, data_dir, f"sqlite:///{stores['serve']}", options
@@ -913,6 +918,7 @@ def run(args: argparse.Namespace) -> dict:
         "baseline": {
             "server": "FastAPI sync endpoint (thread pool) on uvicorn, 1 process, 1 worker, no batching",
             "torch_threads": args.threads,
+            "note_runtime": args.note_runtime,
             "per_request": "serve.scoring as the deployments call it: score_tabular (features, tabular "
             "risk, top-5 factors), note risk (batch 1), combine, to_prediction, and to_store_row's "
             "PredictionStore row (SQLite, committed before the answer)",
@@ -957,6 +963,8 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    from serve.settings import AppArgs
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write the report here")
     parser.add_argument("--duration", type=float, default=30.0, help="measured seconds per window")
@@ -970,6 +978,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fixed-replicas", action="store_true", help="no autoscaling: 1 replica each")
     parser.add_argument("--note-cpus", type=float, help="NoteScorer num_cpus (default: config.yaml)")
     parser.add_argument("--small-cpus", type=float, help="Router/TabularScorer num_cpus")
+    parser.add_argument(
+        "--note-runtime",
+        choices=["torch", "int8", "onnx", "onnx-int8"],
+        default=AppArgs.model_fields["note_runtime"].default,
+        help="note model runtime for serve, baseline and ceiling alike (default: the served default)",
+    )
     parser.add_argument("--ceiling-batches", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--ceiling-seconds", type=float, default=10.0)
     parser.add_argument("--wait-models-s", type=float, default=3600.0)

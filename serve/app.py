@@ -72,7 +72,7 @@ def build_app(args: dict | None = None) -> serve.Application:
     """The application graph; `args` are AppArgs (serve/config.yaml's `args:`)."""
     settings = AppArgs.model_validate(args or {})
     tabular = TabularScorer.bind(settings.tabular_model, settings.data_dir)
-    note = NoteScorer.bind(settings.note_model, settings.data_dir)
+    note = NoteScorer.bind(settings.note_model, settings.data_dir, None, settings.note_runtime)
     return Router.bind(tabular, note, settings.model_dump())
 
 

@@ -137,17 +137,28 @@ class NoteScorer:
     """The registered note model; concurrent requests are batched by `@serve.batch`."""
 
     def __init__(
-        self, model_name: str = NOTE_MODEL, data_dir: str | None = None, loader: ModelLoader | None = None
+        self,
+        model_name: str = NOTE_MODEL,
+        data_dir: str | None = None,
+        loader: ModelLoader | None = None,
+        runtime: str = "torch",
     ):
         import torch
         import transformers
 
-        torch.set_num_threads(_threads())
+        threads = _threads()
+        torch.set_num_threads(threads)
         # transformers imports lazily and not thread-safely: resolve the classes the loader
         # threads need here, once, before two loads can race.
         _ = transformers.AutoModelForSequenceClassification, transformers.AutoTokenizer
         self.loader = loader or RegistryLoader(data_dir)
-        self.models = _ModelCache(lambda version: self.loader.note(model_name, version), model_name)
+
+        def load(version: str) -> Any:
+            """The verified fp32 model, converted here to `runtime` (nothing else is loaded)."""
+            predictor = self.loader.note(model_name, version)
+            return predictor if runtime == "torch" else predictor.with_runtime(runtime, threads)
+
+        self.models = _ModelCache(load, model_name)
 
     def reconfigure(self, config: dict) -> None:
         settings = NoteBatchConfig.model_validate(config or {})

@@ -85,6 +85,30 @@ def test_the_example_request_gets_one_calibrated_risk(client: httpx.Client, stor
     assert "note_text" not in row or row["note_text"] is None  # notes are not stored by default
 
 
+def test_the_served_note_risk_is_the_default_runtimes_answer(
+    client: httpx.Client, registered_models: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The NoteScorer runs AppArgs' default note runtime (ONNX Runtime, int8): the served note risk
+    equals that runtime's answer here, and stays close to the fp32 model's."""
+    from ml import registry
+    from ml.text import NotePredictor
+    from serve.settings import AppArgs
+
+    monkeypatch.setenv("MEDISCALE_DATA_DIR", str(registered_models["home"]))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    registry.configure()
+    body = client.post("/predict", json=EXAMPLE).json()
+    version = body["model_versions"]["note"]
+    fp32 = registry.load_verified("readmission-notes", version, NotePredictor.load)
+    runtime = AppArgs().note_runtime
+    assert runtime != "torch"
+    local = fp32.with_runtime(runtime, threads=1)
+    [expected] = local.risk([EXAMPLE["clinical_note"]], 1)
+    [as_trained] = fp32.risk([EXAMPLE["clinical_note"]], 1)
+    assert body["components"]["note"] == pytest.approx(float(expected), abs=1e-5)
+    assert body["components"]["note"] == pytest.approx(float(as_trained), abs=0.05)
+
+
 def test_a_record_without_a_note_uses_the_tabular_risk_alone(client: httpx.Client) -> None:
     body = client.post("/predict", json={"age": 80, "labs": {"creatinine": [1.1, 2.4]}}).json()
     assert body["note_used"] is False and body["components"]["note"] is None
