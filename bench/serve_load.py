@@ -3,7 +3,7 @@
 Three things are measured in the same run, so a noisy shared machine affects them alike:
 
 - `serve`: the Ray Serve application of serve/app.py (Router with its CombinedScorer ->
-  TabularScorer + NoteScorer, both with @serve.batch) on a local 2-CPU Ray, deployment options
+  TabularScorer + NoteScorer, both batching by arrival) on a local 2-CPU Ray, deployment options
   from serve/config.yaml (overridable), all traffic on the champion (weight 1.0, challenger
   0.0), shadow off. Each prediction is committed to its own SQLite store before the answer, as
   in production.
@@ -437,6 +437,26 @@ def serve_application(app_args: dict, router: dict, note_batch: dict, options: d
     return Router.options(**options["Router"], user_config=router).bind(tabular, note, app_args)
 
 
+def batch_stats() -> dict[str, Any]:
+    """Each scorer's batch counters (serve/batching.py), as one replica of it reports them."""
+    from ray import serve
+
+    return {
+        name: serve.get_deployment_handle(name, APP_NAME).batch_stats.remote().result(timeout_s=30)
+        for name in ("TabularScorer", "NoteScorer")
+    }
+
+
+def mean_batch_sizes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float | None]:
+    """Requests per batch over a window (warm-up included) of the replica that answered: exact
+    while a scorer has one replica (replicas_during_top_concurrency says whether it had more)."""
+    out: dict[str, float | None] = {}
+    for name in after:
+        batches = after[name].batches - before[name].batches
+        out[name] = round((after[name].items - before[name].items) / batches, 2) if batches else None
+    return out
+
+
 def replica_counts() -> dict[str, dict[str, int]]:
     from ray import serve
 
@@ -529,7 +549,7 @@ def scrape(port: int | None) -> dict[tuple[str, str], float]:
 
 def metric_means(before: dict, after: dict) -> dict[str, Any]:
     """Per deployment over a window: request count, approximate mean processing time, and the
-    NoteScorer's batches, mean batch size (exact), approximate batch wait and execution times."""
+    scorers' batches, mean batch size (exact), approximate batch wait and execution times."""
 
     def delta(name: str, key: str) -> float:
         return after.get((name, key), 0.0) - before.get((name, key), 0.0)
@@ -543,10 +563,11 @@ def metric_means(before: dict, after: dict) -> dict[str, Any]:
             out.setdefault(f"{base}_approx_mean", {})[key] = round(delta(f"{base}_sum", key) / count, 1)
             if base == "processing_ms":
                 out.setdefault("requests", {})[key] = int(count)
-    batches = delta("batches_total", "NoteScorer")
-    if batches > 0:
-        out["note_batches"] = int(batches)
-        out["note_mean_batch_size"] = round(delta("processing_ms_count", "NoteScorer") / batches, 2)
+    for deployment, prefix in (("NoteScorer", "note"), ("TabularScorer", "tabular")):
+        batches = delta("batches_total", deployment)
+        if batches > 0:
+            out[f"{prefix}_batches"] = int(batches)
+            out[f"{prefix}_mean_batch_size"] = round(delta("processing_ms_count", deployment) / batches, 2)
     return out
 
 
@@ -596,7 +617,7 @@ def start_serve(args: argparse.Namespace, data_dir: Path, store_url: str, option
         "shadow": False,
         "alias_refresh_s": 30,
     }
-    note_batch = {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_s}
+    note_batch = {"max_batch_size": args.max_batch_size}
     serve.run(
         serve_application(app_args, router, note_batch, options),
         name=APP_NAME,
@@ -849,6 +870,7 @@ def run(args: argparse.Namespace) -> dict:
                     )
                     continue
                 before = scrape(metrics_port)
+                batches_before = batch_stats()
                 with ReplicaPoller() as poller:
                     report["serve"][str(concurrency)] = measure(
                         serve_url, payloads, concurrency, args, meter, "serve"
@@ -856,6 +878,7 @@ def run(args: argparse.Namespace) -> dict:
                 time.sleep(2.5)  # metrics are reported every second
                 serve_extra[str(concurrency)] = {
                     "metrics_means": metric_means(before, scrape(metrics_port)),
+                    "mean_batch_size": mean_batch_sizes(batches_before, batch_stats()),
                     "replicas": poller.summary(),
                 }
         replicas_at_end = replica_counts()
@@ -910,8 +933,9 @@ def run(args: argparse.Namespace) -> dict:
             "replicas_at_end": replicas_at_end,
             "replicas_during_top_concurrency": serve_extra.get(top, {}).get("replicas"),
             "ray_serve_metrics_by_concurrency": {k: v["metrics_means"] for k, v in serve_extra.items()},
+            "mean_batch_size_by_concurrency": {k: v["mean_batch_size"] for k, v in serve_extra.items()},
             "ray_serve_metrics_note": "deltas over warm-up + window; histogram means are approximate "
-            "(Ray records bucket midpoints); note_mean_batch_size is exact (requests / batches)",
+            "(Ray records bucket midpoints); *_mean_batch_size is exact (requests / batches)",
             "store": str(stores["serve"]),
             "note_torch_threads": "int(NoteScorer num_cpus), as serve.app._threads sets it",
         },
@@ -972,8 +996,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--data-dir", default="artifacts")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (baseline and ceiling)")
-    parser.add_argument("--max-batch-size", type=int, default=16, help="NoteScorer @serve.batch")
-    parser.add_argument("--batch-wait-s", type=float, default=0.01, help="NoteScorer @serve.batch")
+    parser.add_argument("--max-batch-size", type=int, default=16, help="NoteScorer notes per forward pass")
     parser.add_argument("--note-replicas", type=int, default=0, help="fixed NoteScorer replicas (0: config)")
     parser.add_argument("--fixed-replicas", action="store_true", help="no autoscaling: 1 replica each")
     parser.add_argument("--note-cpus", type=float, help="NoteScorer num_cpus (default: config.yaml)")

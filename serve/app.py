@@ -2,10 +2,10 @@
 
 Deployments, composed by passing handles to constructors:
 
-    Router (FastAPI ingress, CombinedScorer) -> TabularScorer  (@serve.batch: XGBoost over
+    Router (FastAPI ingress, CombinedScorer) -> TabularScorer  (batched by arrival: XGBoost over
                                                                structured data and note concepts,
                                                                calibrated, factors)
-                                             -> NoteScorer     (@serve.batch over an optional
+                                             -> NoteScorer     (batched by arrival: an optional
                                                                opaque note model, when a variant
                                                                names one)
 

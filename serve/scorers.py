@@ -1,6 +1,6 @@
-"""The model deployments, TabularScorer and NoteScorer (both @serve.batch), and the Router's
-CombinedScorer over their handles. Thin async plumbing: what they compute is serve/scoring.py;
-models come through serve/loading.py.
+"""The model deployments, TabularScorer and NoteScorer (both batching concurrent requests by
+arrival, serve/batching.py), and the Router's CombinedScorer over their handles. Thin async
+plumbing: what they compute is serve/scoring.py; models come through serve/loading.py.
 
 (No `from __future__ import annotations`: Serve inspects these signatures at deploy time.)
 """
@@ -16,6 +16,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve import metrics
+from serve.batching import ArrivalBatcher, BatchStats
 from serve.loading import ModelLoader, RegistryLoader, _ModelCache
 from serve.records import PatientRecord
 from serve.scoring import Scored, TabularResult, combine, score_tabular
@@ -83,7 +84,7 @@ def _score_alone(predictor: Any, call: TabularCall) -> list[TabularResult] | Exc
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, user_config=TabularBatchConfig().model_dump())
 class TabularScorer:
     """The registered XGBoost model: calibrated risk and the top contributing features.
-    Concurrent requests are scored in one call (`@serve.batch`): its cost is mostly per call."""
+    Concurrent requests are scored in one call (serve/batching.py): its cost is mostly per call."""
 
     def __init__(
         self, model_name: str = TABULAR_MODEL, data_dir: str | None = None, loader: ModelLoader | None = None
@@ -91,27 +92,29 @@ class TabularScorer:
         self.loader = loader or RegistryLoader(data_dir)
         self.model_name = model_name
         self.models = _ModelCache(lambda version: self.loader.tabular(model_name, version), model_name)
+        self.batcher = ArrivalBatcher(self._batch, TabularBatchConfig().max_batch_size)
 
     def reconfigure(self, config: dict) -> None:
-        settings = TabularBatchConfig.model_validate(config or {})
-        self._batch.set_max_batch_size(settings.max_batch_size)
-        self._batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        self.batcher.max_items = TabularBatchConfig.model_validate(config or {}).max_batch_size
 
     async def warm(self, versions: list[str]) -> None:
         for version in versions:
             await self.models.get(version)
+
+    async def batch_stats(self) -> BatchStats:
+        """This replica's batches so far (bench/serve_load.py reports the mean batch size)."""
+        return self.batcher.stats()
 
     async def score(
         self, records: list[PatientRecord], version: str, top_k: int = 5, variant: str | None = None
     ) -> list[TabularResult]:
         """`variant` only tags the `tabular` stage timing (model fetch, batch wait and scoring)."""
         with metrics.stage(variant, "tabular"):
-            result = await self._batch(TabularCall(list(records), version, top_k))
+            result = await self.batcher.submit(TabularCall(list(records), version, top_k))
         if isinstance(result, Exception):
             raise result
         return result
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _batch(self, calls: list[TabularCall]) -> list[list[TabularResult] | Exception]:
         """Calls grouped by (version, top_k), one scoring per group; a version that cannot load
         fails only its own calls (the exception is returned in their place and raised by `score`)."""
@@ -134,7 +137,7 @@ class TabularScorer:
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, user_config=NoteBatchConfig().model_dump())
 class NoteScorer:
-    """The registered note model; concurrent requests are batched by `@serve.batch`."""
+    """The registered note model; concurrent requests' notes are scored in one forward pass."""
 
     def __init__(
         self,
@@ -159,24 +162,35 @@ class NoteScorer:
             return predictor if runtime == "torch" else predictor.with_runtime(runtime, threads)
 
         self.models = _ModelCache(load, model_name)
+        self.batcher = ArrivalBatcher(self._batch, NoteBatchConfig().max_batch_size)
 
     def reconfigure(self, config: dict) -> None:
-        settings = NoteBatchConfig.model_validate(config or {})
-        self.score.set_max_batch_size(settings.max_batch_size)
-        self.score.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        self.batcher.max_items = NoteBatchConfig.model_validate(config or {}).max_batch_size
 
     async def warm(self, versions: list[str]) -> None:
         for version in versions:
             await self.models.get(version)
 
+    async def batch_stats(self) -> BatchStats:
+        """This replica's batches so far (bench/serve_load.py reports the mean batch size)."""
+        return self.batcher.stats()
+
     async def combiner(self, version: str) -> dict | None:
         """The tabular + note weights stored with this note model version, if any."""
         return (await self.models.get(version)).extra.get("combiner")
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
-    async def score(self, items: list[tuple]) -> list[float | NoteFailure]:
-        """(version, note text[, variant]) -> calibrated note risk, one forward pass per version in
-        the batch. Each item's variant gets the pass's time as its `note` stage.
+    async def score(self, item: tuple) -> float | NoteFailure:
+        """(version, note text[, variant]) -> calibrated note risk, or the `NoteFailure` of that
+        note. Notes that arrive while a forward pass runs go together in the next one
+        (serve/batching.py)."""
+        try:
+            return await self.batcher.submit(item)
+        except NoteFailure as failure:
+            return failure
+
+    async def _batch(self, items: list[tuple]) -> list[float | NoteFailure]:
+        """One forward pass per version in the batch. Each item's variant gets the pass's time as
+        its `note` stage.
 
         The batch holds other clients' requests: when a pass fails, its items are scored one by
         one, so only the item that fails gets a `NoteFailure` (the CombinedScorer raises it for that

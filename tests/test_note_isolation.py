@@ -1,5 +1,5 @@
 """One client's note must never fail another's request: a NoteScorer replica batches concurrent
-calls from many clients into one forward pass (`@serve.batch`), so a note the model cannot score
+calls from many clients into one forward pass (serve/batching.py), so a note the model cannot score
 has to fail its own call only. The note model is the real registered one, made to fail on one
 marked note (as a tokenizer or model crash would)."""
 
@@ -57,7 +57,7 @@ def test_one_failing_note_fails_only_its_own_call(registered_models: dict) -> No
     deployment = NoteScorer.options(
         name="PoisonNoteScorer",
         ray_actor_options={"num_cpus": 0.25},
-        user_config={"max_batch_size": 16, "batch_wait_timeout_s": 0.5},
+        user_config={"max_batch_size": 16},
     )
     try:
         handle = serve.run(
@@ -67,11 +67,14 @@ def test_one_failing_note_fails_only_its_own_call(registered_models: dict) -> No
         )
         texts = [f"Patient {i} reports chest pain; lives alone." for i in range(12)]
         texts[5] = "POISON note"
-        calls = [handle.score.remote(("1", t, "champion")) for t in texts]  # one batch
+        calls = [handle.score.remote(("1", t, "champion")) for t in texts]
         together = [c.result(timeout_s=120) for c in calls]
+        # the first call runs alone (and loads the model); the rest arrive meanwhile: one batch
+        shared = handle.batch_stats.remote().result(timeout_s=60)
         alone = [handle.score.remote(("1", t, "champion")).result(timeout_s=60) for t in texts[:2]]
     finally:
         serve.shutdown()
+    assert shared.items == 12 and shared.batches <= 3, shared  # the poisoned note had company
     assert isinstance(together[5], NoteFailure), together[5]
     assert "POISON" not in str(together[5]) and "ValueError" in str(together[5])
     others = [r for i, r in enumerate(together) if i != 5]
