@@ -147,6 +147,7 @@ def accuracy(predictors: dict, features: Path, rows: int | None) -> tuple[dict, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--note", default="", help="what else ran on the machine, for the JSON")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--data-dir", type=Path, default=ROOT / "artifacts")
     parser.add_argument("--features", type=Path, default=ROOT / "artifacts" / "features")
@@ -190,7 +191,7 @@ def main() -> None:
                 "onnxruntime": onnxruntime.__version__,
                 "transformers": transformers.__version__,
             },
-            "note": "preliminary: measured while other jobs shared the 2 cores (see load averages)",
+            "note": args.note,
         },
         "runtimes": {r: {"batch": []} for r in args.runtimes},
     }
