@@ -30,9 +30,15 @@ class ArrivalBatcher(Generic[T, R]):
     """`await submit(item)` -> `run`'s result for that item; `run(items)` returns one result per
     item, an Exception in an item's place failing that item's caller only."""
 
-    def __init__(self, run: Callable[[list[T]], Awaitable[list[R | Exception]]], max_items: int = 32):
+    def __init__(
+        self,
+        run: Callable[[list[T]], Awaitable[list[R | Exception]]],
+        max_items: int = 32,
+        size: Callable[[T], int] = lambda item: 1,
+    ):
         self._run = run
-        self.max_items = max_items
+        self.max_items = max_items  # a batch's total `size` (but at least one item)
+        self._size = size
         self._pending: list[tuple[T, asyncio.Future]] = []
         self._worker: asyncio.Task | None = None
         self.batches = 0  # counters for tests and metrics
@@ -50,9 +56,17 @@ class ArrivalBatcher(Generic[T, R]):
         result = await asyncio.shield(future)  # a caller that goes away leaves the batch alone
         return result
 
+    def _take(self) -> list[tuple[T, asyncio.Future]]:
+        group, total = [], 0
+        while self._pending and (not group or total + self._size(self._pending[0][0]) <= self.max_items):
+            entry = self._pending.pop(0)
+            group.append(entry)
+            total += self._size(entry[0])
+        return group
+
     async def _drain(self) -> None:
         while self._pending:
-            group, self._pending = self._pending[: self.max_items], self._pending[self.max_items :]
+            group = self._take()
             self.batches += 1
             self.items += len(group)
             try:

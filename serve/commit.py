@@ -18,10 +18,15 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
+from serve.batching import ArrivalBatcher
+
 T = TypeVar("T")
 
 
 class GroupCommit(Generic[T]):
+    """`await commit(rows)`: written in one transaction with the rows of every request that
+    arrived while the last transaction ran (serve/batching.py), at most `max_rows` rows each."""
+
     def __init__(
         self,
         write: Callable[[list[T]], None],
@@ -30,59 +35,24 @@ class GroupCommit(Generic[T]):
     ):
         self._write = write
         self._shared = shared
-        self._max_rows = max_rows
-        self._pending: list[tuple[list[T], asyncio.Future]] = []
-        self._writer: asyncio.Task | None = None
+        self._batcher: ArrivalBatcher[list[T], None] = ArrivalBatcher(self._write_group, max_rows, size=len)
 
     async def commit(self, rows: Sequence[T]) -> None:
         """Commit `rows` (in one transaction, possibly with other callers' rows)."""
-        future = asyncio.get_running_loop().create_future()
-        future.add_done_callback(_retrieved)  # an error whose caller went away is not "unretrieved"
-        self._pending.append((list(rows), future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._drain())
-        # shield: a caller that goes away (client disconnect) must not cancel others' writes
-        await asyncio.shield(future)
+        await self._batcher.submit(list(rows))
 
-    def _take(self) -> list[tuple[list[T], asyncio.Future]]:
-        group, size = [], 0
-        while self._pending and (not group or size + len(self._pending[0][0]) <= self._max_rows):
-            entry = self._pending.pop(0)
-            group.append(entry)
-            size += len(entry[0])
-        return group
+    async def _write_group(self, group: list[list[T]]) -> list[None | Exception]:
+        try:
+            await asyncio.to_thread(self._write, [row for rows in group for row in rows])
+        except Exception as exc:
+            if len(group) == 1 or isinstance(exc, self._shared):
+                return [exc] * len(group)
+            return [await self._write_alone(rows) for rows in group]  # whose rows failed?
+        return [None] * len(group)
 
-    async def _drain(self) -> None:
-        while self._pending:
-            group = self._take()
-            try:
-                await asyncio.to_thread(self._write, [row for rows, _ in group for row in rows])
-            except Exception as exc:
-                if len(group) == 1 or isinstance(exc, self._shared):
-                    for _, future in group:
-                        _settle(future, exc)
-                    continue
-                for rows, future in group:  # find whose rows failed: each request alone
-                    try:
-                        await asyncio.to_thread(self._write, rows)
-                    except Exception as own:
-                        _settle(future, own)
-                    else:
-                        _settle(future, None)
-            else:
-                for _, future in group:
-                    _settle(future, None)
-
-
-def _settle(future: asyncio.Future, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
-
-
-def _retrieved(future: asyncio.Future) -> None:
-    if not future.cancelled():
-        future.exception()
+    async def _write_alone(self, rows: list[T]) -> None | Exception:
+        try:
+            await asyncio.to_thread(self._write, rows)
+        except Exception as own:
+            return own
+        return None
