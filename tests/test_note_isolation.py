@@ -57,6 +57,7 @@ def test_one_failing_note_fails_only_its_own_call(registered_models: dict) -> No
     deployment = NoteScorer.options(
         name="PoisonNoteScorer",
         ray_actor_options={"num_cpus": 0.25},
+        max_ongoing_requests=32,  # Serve's default (5) would let only 5 of the 12 calls in at once
         user_config={"max_batch_size": 16},
     )
     try:
