@@ -110,14 +110,12 @@ class TabularScorer:
     ) -> list[TabularResult]:
         """`variant` only tags the `tabular` stage timing (model fetch, batch wait and scoring)."""
         with metrics.stage(variant, "tabular"):
-            result = await self.batcher.submit(TabularCall(list(records), version, top_k))
-        if isinstance(result, Exception):
-            raise result
-        return result
+            return await self.batcher.submit(TabularCall(list(records), version, top_k))
 
     async def _batch(self, calls: list[TabularCall]) -> list[list[TabularResult] | Exception]:
-        """Calls grouped by (version, top_k), one scoring per group; a version that cannot load
-        fails only its own calls (the exception is returned in their place and raised by `score`)."""
+        """Calls grouped by (version, top_k), one scoring per group; a version that cannot load or
+        a group that fails fails only its own calls (the exception, returned in their place, is
+        raised to each of their callers by the batcher)."""
         out: list[list[TabularResult] | Exception] = [RuntimeError("not scored")] * len(calls)
         groups: dict[tuple[str, int], list[int]] = defaultdict(list)
         for i, call in enumerate(calls):
@@ -129,7 +127,10 @@ class TabularScorer:
                 for i in rows:
                     out[i] = exc
                 continue
-            results = await asyncio.to_thread(_score_calls, predictor, [calls[i] for i in rows])
+            try:
+                results = await asyncio.to_thread(_score_calls, predictor, [calls[i] for i in rows])
+            except Exception as exc:  # a lone call that failed: only its group's callers see it
+                results = [exc] * len(rows)
             for i, result in zip(rows, results, strict=True):
                 out[i] = result
         return out

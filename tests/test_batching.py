@@ -116,3 +116,35 @@ def test_a_wrong_result_count_fails_the_batch_not_the_batcher() -> None:
     assert all(isinstance(r, RuntimeError) for r in results)
     with pytest.raises(RuntimeError, match="batch of 3 gave 2 results"):
         raise results[0]  # type: ignore[misc]
+
+
+class _AgeCheckingPredictor:
+    """Enough of TabularPredictor for `score_tabular` (no factors): fails on any frame holding
+    an age of 89, as a model would on input it cannot take."""
+
+    feature_names = ["age"]
+
+    def score(self, frame, contributions: bool = True):
+        import numpy as np
+
+        if (frame["age"] == 89).any():
+            raise ValueError("cannot score this frame")
+        return np.full(len(frame), 0.2), None
+
+
+def test_a_tabular_batch_that_fails_is_rescored_per_request() -> None:
+    """serve/scorers.py `_score_calls`: the requests batched with a failing one still get their
+    answers, in their order; only the failing request gets the error."""
+    from data.record import PatientRecord
+    from serve.scorers import TabularCall, _score_calls
+
+    def call(*ages: int) -> TabularCall:
+        return TabularCall([PatientRecord(age=a) for a in ages], "1", 0)
+
+    results = _score_calls(_AgeCheckingPredictor(), [call(60, 70), call(89), call(80)])
+    assert [len(r) for r in results[::2]] == [2, 1]
+    assert all(r.risk == 0.2 for r in results[0] + results[2])
+    assert [r.features["age"] for r in results[0]] == [60, 70]
+    assert isinstance(results[1], ValueError) and "cannot score this frame" in str(results[1])
+    with pytest.raises(ValueError, match="cannot score this frame"):  # alone, it raises
+        _score_calls(_AgeCheckingPredictor(), [call(89)])
