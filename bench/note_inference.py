@@ -146,12 +146,14 @@ def accuracy(predictors: dict, features: Path, rows: int | None) -> tuple[dict, 
 
 
 def main() -> None:
+    from ml.note_runtime import RUNTIMES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--note", default="", help="what else ran on the machine, for the JSON")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--data-dir", type=Path, default=ROOT / "artifacts")
     parser.add_argument("--features", type=Path, default=ROOT / "artifacts" / "features")
-    parser.add_argument("--runtimes", nargs="+", default=["torch", "int8", "onnx", "onnx-int8"])
+    parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--notes", type=int, default=256, help="distinct synthetic notes for timing")
     parser.add_argument("--repeats", type=int, default=40, help="timed batches per cell, at most")

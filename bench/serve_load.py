@@ -987,6 +987,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    from ml.note_runtime import RUNTIMES
     from serve.settings import AppArgs
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -1003,7 +1004,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--small-cpus", type=float, help="Router/TabularScorer num_cpus")
     parser.add_argument(
         "--note-runtime",
-        choices=["torch", "int8", "onnx", "onnx-int8"],
+        choices=RUNTIMES,
         default=AppArgs.model_fields["note_runtime"].default,
         help="note model runtime for serve, baseline and ceiling alike (default: the served default)",
     )

@@ -152,7 +152,9 @@ class OnnxForward:
                     dynamic_axes=axes,
                     opset_version=ONNX_OPSET,
                 )
-            self._check(ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), model)
+            self._check(
+                ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), model, sample
+            )
             if int8:
                 from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -162,9 +164,8 @@ class OnnxForward:
                 path = quantized
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    def _check(self, session, model) -> None:
+    def _check(self, session, model, sample: dict[str, np.ndarray]) -> None:
         """A traced graph can bake in a shape-dependent branch: compare it with torch once."""
-        sample = _export_batch(model, self.names)
         got = session.run(["logits"], sample)[0]
         want = TorchForward(model)({k: v for k, v in sample.items() if k != "token_type_ids"})
         gap = float(np.abs(got - want).max())

@@ -15,6 +15,7 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from ml.note_runtime import NoteRuntime
 from serve import metrics
 from serve.batching import ArrivalBatcher, BatchStats
 from serve.loading import ModelLoader, RegistryLoader, _ModelCache
@@ -145,7 +146,7 @@ class NoteScorer:
         model_name: str = NOTE_MODEL,
         data_dir: str | None = None,
         loader: ModelLoader | None = None,
-        runtime: str = "torch",
+        runtime: NoteRuntime = "torch",
     ):
         import torch
         import transformers

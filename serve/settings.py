@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ml.note_runtime import NoteRuntime
 
 TABULAR_MODEL = "readmission-tabular"
 NOTE_MODEL = "readmission-notes"
@@ -24,7 +24,7 @@ class AppArgs(BaseModel):
     store_note_text: bool = Field(False, description="Keep note text in the prediction store.")
     max_note_chars: int = Field(20_000, ge=1, description="Longer notes are refused with 413.")
     top_factors: int = Field(5, ge=0, le=50)
-    note_runtime: Literal["torch", "int8", "onnx", "onnx-int8"] = Field(
+    note_runtime: NoteRuntime = Field(
         "onnx-int8",
         description="What runs an opaque note model's forward pass (ml/note_runtime.py): ONNX Runtime "
         "with int8 weights, the fastest on CPU within 0.005 AUROC of fp32 (bench/note_inference.py); "
