@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prerequisites import missing
 from serving import app_config, auth, deploy
 
 from serve import metrics
@@ -428,7 +429,7 @@ def _free_port() -> int:
 def prometheus(tmp_path: Path, traffic: dict) -> Iterator[str]:
     binary = shutil.which("prometheus") or "/usr/bin/prometheus"
     if not Path(binary).exists():
-        pytest.skip("no prometheus binary (.ci/run installs it)")
+        missing("no prometheus binary (.ci/run installs it)")
     targets = ", ".join(f"'{t}'" for t in export_targets())
     config = tmp_path / "prometheus.yml"
     config.write_text(
