@@ -5,6 +5,9 @@
 
 Rows are split by a salted hash of the patient id, so a patient never appears in two splits
 and the split does not change when rows are added or reordered.
+
+A step that reads the rows opens the folder once as a `FeatureFolder` (resolved and verified)
+and passes that object on, rather than the path, to the steps after it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 
 from data.schema import SCHEMA_VERSION
 from data.storage import MANIFEST_NAME, Location, resolve, staged_output
@@ -193,9 +198,7 @@ def _counts(manifest: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v['rows']}" for k, v in manifest["splits"].items())
 
 
-def read_manifest(folder: str) -> dict[str, Any]:
-    """The manifest of a complete feature folder; a clear error if there is none."""
-    location = resolve(folder)
+def _read_manifest(location: Location) -> dict[str, Any]:
     manifest_file = location.child(MANIFEST_NAME)
     if not manifest_file.exists():
         raise FeatureFolderError(
@@ -207,41 +210,39 @@ def read_manifest(folder: str) -> dict[str, Any]:
     return manifest
 
 
-def split_files(folder: str, split: str) -> tuple[Location, list[str]]:
-    """The parquet files of one split (what Ray Data or pandas then reads)."""
+def _split_files(location: Location, split: str) -> list[str]:
     if split not in SPLITS:
         raise FeatureFolderError(f"unknown split {split!r}; expected one of {SPLITS}")
-    location = resolve(folder)
-    return location, location.child(split).list_files(".parquet")
+    return location.child(split).list_files(".parquet")
 
 
-def read_split_pandas(folder: str, split: str, columns: list[str] | None = None) -> pd.DataFrame:
-    """One split as a pandas frame (for small data, evaluation and tests)."""
-    location, files = split_files(folder, split)
+def _read_files(location: Location, split: str, files: list[str], columns: list[str] | None) -> pd.DataFrame:
     if not files:
         raise FeatureFolderError(f"{location.uri}: split {split!r} has no rows")
     return pads.dataset(files, filesystem=location.fs, format="parquet").to_table(columns=columns).to_pandas()
 
 
-def verify_feature_folder(folder: str, need_positives: bool = True) -> dict[str, Any]:
-    """The manifest, after checking every split's files against it (what a model relies on).
+def _label_problems(manifest: dict[str, Any], need_positives: bool) -> list[str]:
+    train = manifest["splits"]["train"]
+    if not train["rows"]:
+        return ["train: no rows"]
+    if need_positives and not train["positives"]:
+        return [f"train: no positive labels in {manifest['label_column']!r}"]
+    return []
 
-    Names the split and column for a missing or extra column, a type that no longer matches
-    the manifest, an empty train split, or a train split without positive labels.
-    """
-    manifest = read_manifest(folder)
+
+def _schema_problems(location: Location, manifest: dict[str, Any], files: dict[str, list[str]]) -> list[str]:
     expected = {f["name"]: f["type"] for f in manifest["features"]}
     fixed = [*manifest["id_columns"], manifest["label_column"]]
     if manifest.get("text_column"):
         fixed.append(manifest["text_column"])
     problems: list[str] = []
     for split in SPLITS:
-        location, files = split_files(folder, split)
-        if not files:
+        if not files[split]:
             if manifest["splits"][split]["rows"]:
                 problems.append(f"{split}: manifest says {manifest['splits'][split]['rows']} rows, no files")
             continue
-        schema = pads.dataset(files, filesystem=location.fs, format="parquet").schema
+        schema = pads.dataset(files[split], filesystem=location.fs, format="parquet").schema
         missing = [c for c in [*fixed, *expected] if c not in schema.names]
         extra = [c for c in schema.names if c not in expected and c not in fixed]
         if missing:
@@ -256,11 +257,107 @@ def verify_feature_folder(folder: str, need_positives: bool = True) -> dict[str,
                     actual = str(schema.field(name).type)
                 if actual != kind:
                     problems.append(f"{split}: column {name!r} is {actual}, manifest says {kind}")
-    train = manifest["splits"]["train"]
-    if not train["rows"]:
-        problems.append("train: no rows")
-    elif need_positives and not train["positives"]:
-        problems.append(f"train: no positive labels in {manifest['label_column']!r}")
-    if problems:
-        raise FeatureFolderError(f"{resolve(folder).uri}: " + "; ".join(problems))
-    return manifest
+    return problems
+
+
+@dataclass(frozen=True)
+class FeatureFolder:
+    """A checked feature folder, opened once: where it is (with its filesystem client), its
+    manifest and its files per split.
+
+    Pass this down rather than the path: a path is resolved again at each step (a new S3 client
+    each time) and, by the steps that need a sound folder, verified again. It pickles (pyarrow
+    filesystems do, S3 keys included), so it can go to Ray workers as it is. The files are those
+    listed when it was opened: every later read sees the same snapshot as the manifest.
+    """
+
+    location: Location
+    manifest: dict[str, Any] = field(repr=False)
+    files: dict[str, list[str]] = field(repr=False)
+
+    @classmethod
+    def open(
+        cls, folder: str | os.PathLike[str] | FeatureFolder, need_positives: bool = True
+    ) -> FeatureFolder:
+        """Resolve and verify a feature folder; an already open one comes back as it is.
+
+        Names the split and column for a missing or extra column, a type that no longer matches
+        the manifest, an empty train split, or (`need_positives`) a train split without positive
+        labels: what a model relies on.
+        """
+        if isinstance(folder, FeatureFolder):
+            if problems := _label_problems(folder.manifest, need_positives):  # opened less strictly
+                raise FeatureFolderError(f"{folder.uri}: " + "; ".join(problems))
+            return folder
+        location = resolve(folder)
+        manifest = _read_manifest(location)
+        files = {split: _split_files(location, split) for split in SPLITS}
+        problems = _schema_problems(location, manifest, files) + _label_problems(manifest, need_positives)
+        if problems:
+            raise FeatureFolderError(f"{location.uri}: " + "; ".join(problems))
+        return cls(location, manifest, files)
+
+    @property
+    def uri(self) -> str:
+        return self.location.uri
+
+    @property
+    def fs(self) -> pafs.FileSystem:
+        return self.location.fs
+
+    @property
+    def id_columns(self) -> list[str]:
+        return list(self.manifest["id_columns"])
+
+    @property
+    def patient_column(self) -> str:
+        """The id that splits and groups rows (the last id column)."""
+        return self.manifest["id_columns"][-1]
+
+    @property
+    def label_column(self) -> str:
+        return self.manifest["label_column"]
+
+    @property
+    def text_column(self) -> str | None:
+        return self.manifest.get("text_column")
+
+    @property
+    def features(self) -> list[dict[str, Any]]:
+        """The feature columns as the manifest lists them: name, type, dtype."""
+        return self.manifest["features"]
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f["name"] for f in self.manifest["features"]]
+
+    def split_files(self, split: str) -> list[str]:
+        """The parquet files of one split, as paths in `fs` (what Ray Data or pandas then reads)."""
+        if split not in SPLITS:
+            raise FeatureFolderError(f"unknown split {split!r}; expected one of {SPLITS}")
+        return list(self.files[split])
+
+    def read_split(self, split: str, columns: list[str] | None = None) -> pd.DataFrame:
+        """One split as a pandas frame (for small data, evaluation and tests)."""
+        return _read_files(self.location, split, self.split_files(split), columns)
+
+    def __str__(self) -> str:
+        return self.uri
+
+
+def read_manifest(folder: str | os.PathLike[str] | FeatureFolder) -> dict[str, Any]:
+    """The manifest of a complete feature folder, unverified (a quick look); a clear error if there
+    is none. Steps that read the rows use `FeatureFolder.open`."""
+    if isinstance(folder, FeatureFolder):
+        return folder.manifest
+    return _read_manifest(resolve(folder))
+
+
+def read_split_pandas(
+    folder: str | os.PathLike[str] | FeatureFolder, split: str, columns: list[str] | None = None
+) -> pd.DataFrame:
+    """One split as a pandas frame, without verifying the folder (tests, benchmarks)."""
+    if isinstance(folder, FeatureFolder):
+        return folder.read_split(split, columns)
+    location = resolve(folder)
+    return _read_files(location, split, _split_files(location, split), columns)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from data.featureset import SPLITS, FeatureFolderError, split_files, verify_feature_folder
+from data.featureset import SPLITS, FeatureFolder, FeatureFolderError
 from data.storage import MANIFEST_NAME, resolve, staged_output
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,11 @@ class _Score:
 
 
 def score_features(
-    features: str, model: str, out: str, splits: list[str] | None = None, overwrite: bool = False
+    features: str | FeatureFolder,
+    model: str,
+    out: str,
+    splits: list[str] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Score every admission of `features` (or some splits) with `model`; write parquet to `out`."""
     import ray.data
@@ -66,25 +70,26 @@ def score_features(
     from ml.tabular import TabularPredictor
 
     started = time.perf_counter()
-    manifest = verify_feature_folder(features, need_positives=False)
+    folder = FeatureFolder.open(features, need_positives=False)
     name, which = parse_model_ref(model)
     uri = registry.configure()
     version = registry.resolve(name, which)
     predictor = registry.load_verified(name, version, TabularPredictor.load)
-    lacking = [c for c in predictor.feature_names if c not in {f["name"] for f in manifest["features"]}]
+    have = set(folder.feature_names)
+    lacking = [c for c in predictor.feature_names if c not in have]
     if lacking:
-        raise FeatureFolderError(f"{features}: lacks the model's feature column(s) {lacking}")
-    columns = [*manifest["id_columns"], manifest["label_column"], *predictor.feature_names]
+        raise FeatureFolderError(f"{folder.uri}: lacks the model's feature column(s) {lacking}")
+    columns = [*folder.id_columns, folder.label_column, *predictor.feature_names]
     parts = []
     for split in splits or list(SPLITS):
         if split not in SPLITS:
             raise ValueError(f"--split: {split!r} is not one of {', '.join(SPLITS)}")
-        location, files = split_files(features, split)
+        files = folder.split_files(split)
         if files:
-            ds = ray.data.read_parquet(files, filesystem=location.fs, columns=columns)
+            ds = ray.data.read_parquet(files, filesystem=folder.fs, columns=columns)
             parts.append(ds.map_batches(lambda b, s=split: b.assign(split=s), batch_format="pandas"))
     if not parts:
-        raise FeatureFolderError(f"{features}: no rows in {splits or list(SPLITS)}")
+        raise FeatureFolderError(f"{folder.uri}: no rows in {splits or list(SPLITS)}")
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     scored = ds.map_batches(
         _Score,
@@ -101,7 +106,7 @@ def score_features(
             "kind": "mediscale-scores",
             "model": name,
             "version": version,
-            "features": features,
+            "features": folder.uri,
             "rows": scored.count(),
             "columns": list(OUTPUT_COLUMNS),
             "out": target.uri,

@@ -53,10 +53,12 @@ def score(
     json_out: Path | None = typer.Option(None, "--json", help="Also write the summary here."),
 ) -> None:
     """Batch-score a feature folder with a registered tabular model (Ray Data, one load per worker)."""
+    from data.featureset import FeatureFolder
     from ml.batch import score_features
 
+    folder = FeatureFolder.open(features, need_positives=False)  # bad input fails before Ray starts
     init_ray()
-    emit_json(score_features(features, model, out, split or None, overwrite), json_out)
+    emit_json(score_features(folder, model, out, split or None, overwrite), json_out)
 
 
 @app.command("train-tabular")
@@ -80,8 +82,11 @@ def train_tabular(
     seed: int = typer.Option(0),
 ) -> None:
     """Train the XGBoost readmission model on Ray Train, evaluate, log to MLflow."""
+    from data.featureset import FeatureFolder
     from ml.experiment import train_tabular as run
     from ml.tabular import TabularConfig
+
+    folder = FeatureFolder.open(features)  # bad input fails before Ray starts
 
     config = TabularConfig(
         num_workers=num_workers,
@@ -95,7 +100,7 @@ def train_tabular(
         seed=seed,
     )
     init_ray()
-    result = run(features, config, register=register, model_name=model_name, n_boot=n_boot)
+    result = run(folder, config, register=register, model_name=model_name, n_boot=n_boot)
     emit_json(result, metrics_out)
 
 
@@ -133,11 +138,12 @@ def train_notes(
     seed: int = typer.Option(0),
 ) -> None:
     """Fine-tune the note model on Ray Train (TorchTrainer), evaluate, log to MLflow."""
+    from data.featureset import FeatureFolder
     from ml.experiment import train_text
     from ml.text import TextConfig
     from ml.text_tasks import check_task_inputs
 
-    check_task_inputs(task, features, datasets)  # before starting Ray
+    source = check_task_inputs(task, features, datasets)  # before starting Ray; the folder comes back open
     config = TextConfig(
         model=model,
         max_length=max_length,
@@ -159,7 +165,7 @@ def train_notes(
     result = train_text(
         task,
         config,
-        features=features,
+        features=source if isinstance(source, FeatureFolder) else None,
         datasets=datasets,
         register=register,
         model_name=model_name,

@@ -18,7 +18,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from data.featureset import read_split_pandas
+from data.featureset import FeatureFolder
 from ml import metrics, registry
 from ml.pyfunc_notes import NotePyfunc
 from ml.pyfunc_tabular import TabularPyfunc  # noqa: F401  (pickled older versions name it here)
@@ -59,7 +59,7 @@ def load_predictor(name: str = TABULAR_MODEL, alias: str = registry.CHAMPION) ->
 
 
 def train_tabular(
-    features: str,
+    features: str | FeatureFolder,
     config: TabularConfig | None = None,
     register: bool = False,
     model_name: str = TABULAR_MODEL,
@@ -68,12 +68,13 @@ def train_tabular(
 ) -> dict[str, Any]:
     """Train, evaluate with bootstrap CIs on test, log everything; returns the test metrics."""
     config = config or TabularConfig()
+    folder = FeatureFolder.open(features)  # once, before any run is logged
     registry.configure()
     mlflow.set_experiment(experiment_id=registry.experiment(model_name))
     with mlflow.start_run() as run:
         mlflow.log_params({f"config.{k}": v for k, v in config.model_dump().items()})
-        mlflow.log_param("features", features)
-        result = train(features, config, storage_path=storage_path or default_storage_path())
+        mlflow.log_param("features", folder.uri)
+        result = train(folder, config, storage_path=storage_path or default_storage_path())
         predictor, manifest = result.predictor, result.manifest
         mlflow.log_params(
             {"calibration": predictor.calibrator.method, "best_iteration": result.best_iteration}
@@ -83,7 +84,7 @@ def train_tabular(
 
         names = [*predictor.feature_names]
         label = manifest["label_column"]
-        test = read_split_pandas(features, "test", [*names, label, manifest["id_columns"][-1]])
+        test = folder.read_split("test", [*names, label, folder.patient_column])
         y = test[label].to_numpy()
         risk = predictor.predict_proba(test)
         raw = predictor.predict_raw(test)
@@ -92,7 +93,7 @@ def train_tabular(
         uncal_ece = metrics.expected_calibration_error(y, raw)
         mlflow.log_metric("test_ece_uncalibrated", uncal_ece)
         importance = predictor.contributions(test[names]).drop(columns="bias").abs().mean()
-        log_tabular_reference(predictor, features, manifest, config.seed)
+        log_tabular_reference(predictor, folder, config.seed)
 
         with tempfile.TemporaryDirectory() as tmp:
             plots = metrics.save_plots(
@@ -126,7 +127,8 @@ def train_tabular(
             "top_features": importance.sort_values(ascending=False).head(10).round(4).to_dict(),
         }
         if register:
-            info = registry.register(run.info.run_id, MODEL_ARTIFACT, model_name, tags={"features": features})
+            tags = {"features": folder.uri}
+            info = registry.register(run.info.run_id, MODEL_ARTIFACT, model_name, tags=tags)
             out["registered"] = {
                 "name": info.name,
                 "version": info.version,
@@ -137,21 +139,19 @@ def train_tabular(
     return out
 
 
-def log_tabular_reference(
-    predictor: TabularPredictor, features: str, manifest: dict[str, Any], seed: int = 0
-) -> None:
+def log_tabular_reference(predictor: TabularPredictor, folder: FeatureFolder, seed: int = 0) -> None:
     """The drift checks' reference, logged with the run: a seeded sample of the train rows (not the
     missing-group copies), their note descriptors and the model's own risk (ml.tabular)."""
     import time
 
     started = time.perf_counter()
-    text = manifest.get("text_column")
+    text = folder.text_column
     columns = [*predictor.feature_names, *([text] if text else [])]
-    train_rows = read_split_pandas(features, "train", columns)
+    train_rows = folder.read_split("train", columns)
     frame = reference_frame(predictor, train_rows, text, REFERENCE_ROWS, seed)
     # The model's risk on rows it was fitted on is optimistic (spread wider than on new patients),
     # so the risk drift test also gets a held-out reference: its risk on the validation split.
-    valid = read_split_pandas(features, "valid", predictor.feature_names)
+    valid = folder.read_split("valid", predictor.feature_names)
     valid = valid.sample(n=REFERENCE_ROWS, random_state=seed) if len(valid) > REFERENCE_ROWS else valid
     holdout = pd.DataFrame({"risk": predictor.predict_proba(valid).astype("float64")})
     kinds = {
@@ -163,7 +163,7 @@ def log_tabular_reference(
         frame,
         {
             "model_kind": "tabular",
-            "features": features,
+            "features": folder.uri,
             "split": "train",
             "train_rows": len(train_rows),
             "seed": seed,
@@ -258,7 +258,7 @@ def evaluate_text(predictor, splits, n_boot: int) -> tuple[dict[str, Any], dict[
 def train_text(
     task: str,
     config: Any = None,
-    features: str | None = None,
+    features: str | FeatureFolder | None = None,
     datasets: str | None = None,
     register: bool = False,
     model_name: str | None = None,
@@ -281,7 +281,9 @@ def train_text(
     from ml.text_tasks import load_task
 
     config = config or TextConfig()
-    splits = load_task(task, features=features, datasets=datasets, sample=sample, seed=config.seed)
+    # Opened once: the splits and the drift reference both come from it.
+    folder = FeatureFolder.open(features) if task == "readmission" and features else None
+    splits = load_task(task, features=folder or features, datasets=datasets, sample=sample, seed=config.seed)
     model_name = model_name or TASK_MODEL_NAMES[task]
     registry.configure()
     mlflow.set_experiment(experiment_id=registry.experiment(model_name))
@@ -312,8 +314,8 @@ def train_text(
                 combiner = RiskCombiner.fit(tabular[0], note_valid, y_valid, f"{tabular[1]}, valid split")
                 predictor.extra["combiner"] = combiner.to_dict()
                 combined = {"combiner": combiner.to_dict()}
-        if task == "readmission" and features:
-            log_note_reference(predictor, splits.train, features, config.seed)
+        if folder is not None:
+            log_note_reference(predictor, splits.train, folder.uri, config.seed)
         scores, arrays = evaluate_text(predictor, splits, n_boot)
         if "combiner" in predictor.extra:
             tab_test = _tabular_risk(splits.test)

@@ -771,10 +771,10 @@ def load_risk_holdout(name: str, version: str | int) -> Any:
 
 def _rebuilt_reference(name: str, version: str, features: str, label: str) -> Any:
     """A reference for an older tabular version, from the train split of its tagged feature folder."""
-    from data.featureset import FeatureFolderError, read_split_pandas, verify_feature_folder
+    from data.featureset import FeatureFolder, FeatureFolderError
 
     try:
-        manifest = verify_feature_folder(features)
+        folder = FeatureFolder.open(features)
     except (FeatureFolderError, OSError) as err:
         raise RegistryError(
             f"{label} has no training reference and its feature folder {features} cannot be read "
@@ -792,8 +792,8 @@ def _rebuilt_reference(name: str, version: str, features: str, label: str) -> An
     if predictor is None:
         raise RegistryError(f"{label} has no training reference and is not a tabular model to rebuild one")
 
-    text = manifest.get("text_column")
+    text = folder.text_column
     columns = [*predictor.feature_names, *([text] if text else [])]
-    frame = reference_frame(predictor, read_split_pandas(features, "train", columns), text)
+    frame = reference_frame(predictor, folder.read_split("train", columns), text)
     frame.attrs["source"] = f"rebuilt from the train split of {features}"
     return frame

@@ -32,7 +32,7 @@ import pandas as pd
 import xgboost
 from pydantic import BaseModel, Field
 
-from data.featureset import FeatureFolderError, read_split_pandas, split_files, verify_feature_folder
+from data.featureset import FeatureFolder, FeatureFolderError
 
 log = logging.getLogger(__name__)
 
@@ -413,21 +413,25 @@ class TrainResult:
     valid_metrics: dict[str, float]
 
 
-def train(features: str, config: TabularConfig | None = None, storage_path: str | None = None) -> TrainResult:
-    """Fit the model on a feature folder with XGBoostTrainer; calibrate on valid."""
+def train(
+    features: str | FeatureFolder, config: TabularConfig | None = None, storage_path: str | None = None
+) -> TrainResult:
+    """Fit the model on a feature folder (a path, or one already open) with XGBoostTrainer;
+    calibrate on valid."""
     import ray
     import ray.data
     from ray.train import RunConfig, ScalingConfig
     from ray.train.xgboost import XGBoostTrainer
 
     config = config or TabularConfig()
-    manifest = verify_feature_folder(features)
+    folder = FeatureFolder.open(features)
+    manifest = folder.manifest
     t0 = time.perf_counter()
     names = [f["name"] for f in manifest["features"]]
     label = manifest["label_column"]
-    train_df = read_split_pandas(features, "train", [*names, label])
+    train_df = folder.read_split("train", [*names, label])
     if train_df[label].nunique() < 2:
-        raise FeatureFolderError(f"{features}: train split needs both classes in {label!r}")
+        raise FeatureFolderError(f"{folder.uri}: train split needs both classes in {label!r}")
     preprocessor = Preprocessor.fit(train_df, manifest)
     positives = int(train_df[label].sum())
     spw = config.scale_pos_weight
@@ -435,13 +439,13 @@ def train(features: str, config: TabularConfig | None = None, storage_path: str 
         spw = (len(train_df) - positives) / positives
     datasets = {}
     for split in ("train", "valid"):
-        location, files = split_files(features, split)
+        files = folder.split_files(split)
         if not files:
-            raise FeatureFolderError(f"{features}: split {split!r} has no rows")
+            raise FeatureFolderError(f"{folder.uri}: split {split!r} has no rows")
         # Materialised before training: XGBoost holds the whole shard in memory anyway, and
         # the reads must not wait for CPUs that the training workers hold (2-CPU deadlock).
         datasets[split] = ray.data.read_parquet(
-            files, filesystem=location.fs, columns=[*names, label]
+            files, filesystem=folder.fs, columns=[*names, label]
         ).materialize()
     trainer = XGBoostTrainer(
         train_fn_per_worker,
@@ -473,7 +477,7 @@ def train(features: str, config: TabularConfig | None = None, storage_path: str 
     best = int(result.metrics.get("best_iteration", booster.num_boosted_rounds() - 1))
     booster = booster[: best + 1]  # drop the rounds early stopping looked past
     uncalibrated = TabularPredictor(booster, preprocessor, Calibrator("none"))
-    valid_df = read_split_pandas(features, "valid", [*names, label])
+    valid_df = folder.read_split("valid", [*names, label])
     raw_valid = uncalibrated.predict_raw(valid_df)
     calibrator = Calibrator.fit(raw_valid, valid_df[label].to_numpy(), config.calibration)
     meta = {

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.featureset import read_manifest, read_split_pandas, verify_feature_folder
+from data.featureset import FeatureFolder
 from ml.text import TextDataError, TextSplits
 
 log = logging.getLogger(__name__)
@@ -29,21 +29,21 @@ NEGEX_VALID_REPORTS = 16  # reports 65-80 validate, 1-64 train
 MTS_VALID_FRACTION = 0.1
 
 
-def readmission_splits(features: str, sample: int | None = None, seed: int = 0) -> TextSplits:
+def readmission_splits(features: str | FeatureFolder, sample: int | None = None, seed: int = 0) -> TextSplits:
     """Stays with a discharge note; `sample` caps the train rows (quick runs), keeping the label rate."""
-    manifest = verify_feature_folder(features)
-    text_column = manifest.get("text_column")
+    folder = FeatureFolder.open(features)
+    text_column = folder.text_column
     if not text_column:
-        raise TextDataError(f"{features}: the feature folder has no text column (no notes)")
-    label = manifest["label_column"]
+        raise TextDataError(f"{folder.uri}: the feature folder has no text column (no notes)")
+    label = folder.label_column
     frames = {}
     for split in ("train", "valid", "test"):
-        frame = read_split_pandas(features, split)
+        frame = folder.read_split(split)
         frame = frame[frame[text_column].notna() & (frame[text_column].str.strip() != "")]
         frame = frame.assign(
             text=frame[text_column],
             label=np.where(frame[label].astype(int) == 1, READMISSION_LABELS[1], READMISSION_LABELS[0]),
-            group=frame[manifest["id_columns"][-1]],
+            group=frame[folder.patient_column],
         )
         frames[split] = frame.reset_index(drop=True)
     if sample and len(frames["train"]) > sample:
@@ -101,31 +101,33 @@ def mtsdialog_splits(datasets: str | Path, seed: int = 0) -> TextSplits:
 
 def load_task(
     task: str,
-    features: str | None = None,
+    features: str | FeatureFolder | None = None,
     datasets: str | Path | None = None,
     sample: int | None = None,
     seed: int = 0,
 ) -> TextSplits:
     """The named task's splits; `features` for readmission, `datasets` (shared folder) otherwise."""
-    folder = check_task_inputs(task, features, datasets)
-    if task == "readmission":
-        return readmission_splits(folder, sample, seed)
-    return negex_splits(folder) if task == "negex" else mtsdialog_splits(folder, seed)
+    source = check_task_inputs(task, features, datasets)
+    if isinstance(source, FeatureFolder):
+        return readmission_splits(source, sample, seed)
+    return negex_splits(source) if task == "negex" else mtsdialog_splits(source, seed)
 
 
-def check_task_inputs(task: str, features: str | None = None, datasets: str | Path | None = None) -> str:
-    """The task's input folder, or a TextDataError naming what is missing.
+def check_task_inputs(
+    task: str, features: str | FeatureFolder | None = None, datasets: str | Path | None = None
+) -> str | FeatureFolder:
+    """The task's input: the feature folder, opened (verified), for readmission; else the shared
+    datasets folder. A TextDataError names what is missing.
 
-    Cheap (one manifest read at most), so CLIs call it before they start Ray; the full folder
-    check is `readmission_splits`'s.
+    Cheap (a manifest and the parquet footers at most), so CLIs call it before they start Ray and
+    pass the open folder on.
     """
     if task not in TASKS:
         raise TextDataError(f"unknown task {task!r}; expected one of {list(TASKS)}")
     if task == "readmission":
         if not features:
             raise TextDataError("the readmission task needs a feature folder (--features)")
-        read_manifest(features)
-        return features
+        return FeatureFolder.open(features)
     if not datasets:
         from data.config import Settings
 

@@ -141,7 +141,7 @@ def test_bad_feature_folders_register_nothing(
 
 
 def test_no_positive_labels_is_refused(synthetic_features: Path, tmp_path: Path) -> None:
-    from data.featureset import verify_feature_folder
+    from data.featureset import FeatureFolder
 
     broken = tmp_path / "nopos"
     shutil.copytree(synthetic_features, broken)
@@ -149,7 +149,7 @@ def test_no_positive_labels_is_refused(synthetic_features: Path, tmp_path: Path)
     manifest["splits"]["train"]["positives"] = 0
     (broken / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(FeatureFolderError, match="no positive labels"):
-        verify_feature_folder(str(broken))
+        FeatureFolder.open(str(broken))
 
 
 def test_registry_cli_promote_rollback_and_unknown_model(trained: dict, mlflow_home: Path) -> None:

@@ -57,6 +57,8 @@ def searched(ray_cluster: object, synthetic_features: Path, tune_home: Path) -> 
     """A 4-trial search run one trial at a time, so ASHA's decisions do not depend on timing: the
     default configuration reaches the 10-round rung first, and the no-split trial after it is below
     the rung's cut-off (the median of the two) and must be stopped there."""
+    import data.featureset
+    import data.storage
     from tune.xgboost_search import SearchConfig, tune_xgboost
 
     config = SearchConfig(
@@ -67,7 +69,24 @@ def searched(ray_cluster: object, synthetic_features: Path, tune_home: Path) -> 
         points=[_no_split_point()],
         **FAST,
     )
-    return tune_xgboost(config)
+    resolves: list[str] = []  # every path turned into a filesystem Location during the search
+    original = data.storage.resolve
+
+    def counting(uri: str | Path, settings: object = None) -> data.storage.Location:
+        resolves.append(str(uri))
+        return original(uri, settings)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(data.storage, "resolve", counting)
+        patch.setattr(data.featureset, "resolve", counting)
+        result = tune_xgboost(config)
+    return {**result, "resolves": resolves}
+
+
+def test_one_search_opens_its_feature_folder_once(searched: dict, synthetic_features: Path) -> None:
+    """The trials' data, the retrain, its test evaluation and its drift reference all read the
+    FeatureFolder the search opened (before: 21 resolves and 4 verifications of the same path)."""
+    assert searched["resolves"] == [str(synthetic_features)]
 
 
 def test_asha_stops_weak_trials_and_the_best_is_registered(searched: dict) -> None:

@@ -69,7 +69,7 @@ def xgboost_search(
     json_out: Path | None = JSON_OUT_OPTION,
 ) -> None:
     """Tune the XGBoost readmission model (random search + ASHA), then retrain and register the best."""
-    from data.featureset import verify_feature_folder
+    from data.featureset import FeatureFolder
     from tune.xgboost_search import (
         SearchConfig,
         SearchInterrupted,
@@ -80,6 +80,7 @@ def xgboost_search(
     )
 
     # Bad input fails here, before Ray starts.
+    folder = None
     if resume:
         config = None
         name = name or latest_experiment()
@@ -87,9 +88,9 @@ def xgboost_search(
     else:
         if not features:
             raise typer.BadParameter("--features is required for a new search", param_hint="--features")
-        verify_feature_folder(features)
+        folder = FeatureFolder.open(features)  # once: the search and its retrain get this object
         config = SearchConfig(
-            features=features,
+            features=folder.uri,
             name=name or _default_name("xgboost"),
             num_samples=num_samples,
             max_concurrent=max_concurrent,
@@ -112,6 +113,7 @@ def xgboost_search(
                 config,
                 resume_name=name if resume else None,
                 on_summary=lambda table: typer.echo(f"\nbest trials:\n{table}\n", err=True),
+                features=folder,
             )
     except SearchInterrupted as err:
         typer.echo(f"interrupted: {err}", err=True)
@@ -142,20 +144,23 @@ def text_search(
     json_out: Path | None = JSON_OUT_OPTION,
 ) -> None:
     """Tune the note model (random search + ASHA on validation loss); register the best trial."""
+    from data.featureset import FeatureFolder
     from ml.text_tasks import check_task_inputs
+    from tune.experiments import SearchInterrupted, check_new, check_resumable, latest_experiment
     from tune.text_search import TextSearchConfig, run_text_search
-    from tune.xgboost_search import SearchInterrupted, check_new, check_resumable, latest_experiment
 
+    folder = None
     if resume:
         search = None
         name = name or latest_experiment()
         check_resumable(name)
     else:
-        check_task_inputs(task, features, datasets)  # before starting Ray
+        source = check_task_inputs(task, features, datasets)  # before starting Ray
+        folder = source if isinstance(source, FeatureFolder) else None  # the search gets it open
         search = TextSearchConfig(
             task=task,
             name=name or _default_name(f"text-{task}"),
-            features=features,
+            features=folder.uri if folder else features,
             datasets=datasets,
             sample=sample,
             num_samples=num_samples,
@@ -174,7 +179,7 @@ def text_search(
     init_ray()
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            result = run_text_search(search, resume_name=name if resume else None)
+            result = run_text_search(search, resume_name=name if resume else None, features=folder)
     except SearchInterrupted as err:
         typer.echo(f"interrupted: {err}", err=True)
         raise typer.Exit(code=130) from None

@@ -43,8 +43,8 @@ import ray.tune
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from data.config import Settings
-from tune.xgboost_search import (
-    MlflowSearchLogger,
+from data.featureset import FeatureFolder
+from tune.experiments import (
     SearchError,
     SearchInterrupted,
     check_new,
@@ -55,6 +55,7 @@ from tune.xgboost_search import (
     search_interrupted,
     trial_dirname,
 )
+from tune.mlflow_logger import MlflowSearchLogger
 
 log = logging.getLogger(__name__)
 
@@ -239,10 +240,13 @@ def run_text_search(
     resume_name: str | None = None,
     settings: Settings | None = None,
     callbacks: list[ray.tune.Callback] | None = None,
+    features: FeatureFolder | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a search, register its best trial; returns the summary as a dict.
 
     `callbacks` are extra Tune callbacks for a new search (a resumed one restores its own).
+    `features` is the search's feature folder if the caller has opened it already; else the
+    search opens it, once: the trials' splits and the registered model's evaluation read it.
     """
     from mlflow import MlflowClient
     from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
@@ -251,7 +255,7 @@ def run_text_search(
 
     from ml import registry
     from ml.experiment import TASK_MODEL_NAMES, train_text
-    from ml.text_tasks import load_task
+    from ml.text_tasks import check_task_inputs, load_task
 
     if (search is None) == (resume_name is None):
         raise ValueError("give either a new search config or the name of a search to resume")
@@ -264,9 +268,13 @@ def run_text_search(
     else:
         assert search is not None
         path = check_new(search.name, settings)
+    if features is not None and features.uri != search.features:
+        raise SearchError(f"the open feature folder {features.uri} is not the search's {search.features}")
+    source = check_task_inputs(search.task, features or search.features, search.datasets)
+    folder = source if isinstance(source, FeatureFolder) else None
     splits = load_task(
         search.task,
-        features=search.features,
+        features=folder,
         datasets=search.datasets,
         sample=search.sample,
         seed=search.seed,
@@ -387,7 +395,7 @@ def run_text_search(
         result = train_text(
             search.task,
             text_config(search, top.to_dict()),
-            features=search.features,
+            features=folder,
             datasets=search.datasets,
             register=True,
             n_boot=search.n_boot,

@@ -46,22 +46,24 @@ configuration is then retrained by `ml.experiment.train_tabular` (Ray Train, cal
 evaluated on test, registered pending approval) with `max_rounds` = the trial's best round, and
 the registered version is tagged with its search provenance. Nothing is served until someone runs
 `python -m ml registry approve` on it.
+
+The feature folder is opened once (`data.featureset.FeatureFolder`, by the CLI or here) and that
+object goes to the trial data and the retrain. The parts: one trial and its data in
+`tune.xgboost_trial` (what trial workers import), the MLflow callback in `tune.mlflow_logger`,
+search folders, resume and interrupts in `tune.experiments` (shared with the note-model search);
+this module drives the search, summarises it and retrains the best.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-import signal
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,49 +71,87 @@ import numpy as np
 import pandas as pd
 import ray
 import ray.tune
-import xgboost
 from pydantic import BaseModel, Field
 
 from data.config import Settings
-from data.featureset import FeatureFolderError, read_split_pandas, verify_feature_folder
-from ml.tabular import MODEL_FILE, Preprocessor, TabularConfig
+from data.featureset import FeatureFolder
+from ml.tabular import TabularConfig
+from tune.experiments import (
+    RESULT_FILE,
+    SEARCH_FILE,
+    TUNE_DIR,
+    SearchError,
+    SearchInterrupted,
+    check_new,
+    check_resumable,
+    fit_tuner,
+    format_table,
+    is_nan,
+    latest_experiment,
+    load_saved_search,
+    restoring_signal_handlers,
+    save_search,
+    search_interrupted,
+    trial_dirname,
+    tune_root,
+)
+from tune.mlflow_logger import MlflowSearchLogger, finite, stop_reason
+from tune.xgboost_trial import (
+    FIXED,
+    METRIC,
+    STATE_FILE,
+    TIME_ATTR,
+    TUNED,
+    TrialData,
+    TrialState,
+    fit_trial,
+    load_trial_data,
+    trial_tabular_config,
+    xgboost_trial,
+)
+
+# The names this module had before it was split (tune.experiments, tune.mlflow_logger,
+# tune.xgboost_trial) still import from here.
+__all__ = [
+    "FIXED",
+    "METRIC",
+    "RESULT_FILE",
+    "SEARCH_FILE",
+    "STATE_FILE",
+    "TIME_ATTR",
+    "TUNED",
+    "TUNE_DIR",
+    "MlflowSearchLogger",
+    "SearchConfig",
+    "SearchError",
+    "SearchInterrupted",
+    "SearchOutcome",
+    "TrialData",
+    "TrialState",
+    "check_new",
+    "check_resumable",
+    "default_point",
+    "fit_trial",
+    "fit_tuner",
+    "format_table",
+    "latest_experiment",
+    "load_saved_search",
+    "load_trial_data",
+    "restoring_signal_handlers",
+    "retrain_best",
+    "run_search",
+    "save_search",
+    "search_interrupted",
+    "search_space",
+    "summary_table",
+    "trial_dirname",
+    "trial_tabular_config",
+    "tune_root",
+    "tune_xgboost",
+    "xgboost_trial",
+]
 
 log = logging.getLogger(__name__)
-
-TUNE_DIR = "tune"
-SEARCH_FILE = "search.json"
-RESULT_FILE = "result.json"
-STATE_FILE = "trial_state.json"
-METRIC = "valid_auroc"
-TIME_ATTR = "rounds"
-# The tuned TabularConfig fields; everything else keeps its TabularConfig default.
-TUNED = (
-    "learning_rate",
-    "max_depth",
-    "min_child_weight",
-    "subsample",
-    "colsample_bytree",
-    "reg_lambda",
-    "scale_pos_weight",
-)
-# Constant settings that travel in every trial's config.
-FIXED = ("max_rounds", "report_every", "checkpoint_every", "early_stopping_rounds", "seed")
-
-
-class SearchError(ValueError):
-    """A search that cannot be started or resumed as asked (user error, exit code 2)."""
-
-
-class SearchInterrupted(RuntimeError):
-    """The search stopped before all trials finished (Ctrl+C, SIGUSR1); it can be resumed."""
-
-    def __init__(self, name: str, path: Path):
-        super().__init__(
-            f"search {name!r} was interrupted; its state is in {path}. "
-            f"Resume with: python -m tune xgboost --resume --name {name}"
-        )
-        self.name = name
-        self.path = path
 
 
 class SearchConfig(BaseModel):
@@ -164,357 +204,6 @@ def default_point() -> dict[str, Any]:
     return {name: getattr(defaults, name) for name in TUNED}
 
 
-def tune_root(settings: Settings | None = None) -> Path:
-    return (settings or Settings.from_env()).data_dir.resolve() / TUNE_DIR
-
-
-def check_resumable(name: str, settings: Settings | None = None) -> Path:
-    """The folder of search `name` if it can be resumed, else a SearchError (cheap: no Ray needed)."""
-    path = tune_root(settings) / name
-    if not (path / SEARCH_FILE).exists() or not ray.tune.Tuner.can_restore(str(path)):
-        raise SearchError(f"no resumable search {name!r} in {path.parent}")
-    return path
-
-
-def load_saved_search(name: str, settings: Settings | None = None) -> tuple[Path, dict[str, Any]]:
-    """(folder, search.json) of a resumable search: its config, MLflow experiment and parent run."""
-    path = check_resumable(name, settings)
-    return path, json.loads((path / SEARCH_FILE).read_text())
-
-
-def save_search(path: Path, config: BaseModel, experiment_id: str, parent_run_id: str) -> None:
-    """search.json: what `load_saved_search` reads back to resume the search."""
-    record = {
-        "config": config.model_dump(),
-        "experiment_id": experiment_id,
-        "parent_run_id": parent_run_id,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    (path / SEARCH_FILE).write_text(json.dumps(record, indent=2))
-
-
-def check_new(name: str, settings: Settings | None = None) -> Path:
-    """The folder for a new search `name`; a SearchError if a search of that name exists."""
-    path = tune_root(settings) / name
-    if path.exists():
-        raise SearchError(f"{path} already exists: pick another --name, or --resume it")
-    return path
-
-
-def latest_experiment(settings: Settings | None = None) -> str:
-    """The most recently started search under the data dir (for `--resume` without a name)."""
-    root = tune_root(settings)
-    found = sorted(root.glob(f"*/{SEARCH_FILE}"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
-    if not found:
-        raise SearchError(f"no search to resume under {root}")
-    return found[-1].parent.name
-
-
-# --------------------------------------------------------------------------- one trial
-
-
-@dataclass
-class TrialData:
-    """The encoded train and valid splits, built once by the driver and shared by all trials."""
-
-    x_train: pd.DataFrame
-    y_train: np.ndarray
-    x_valid: pd.DataFrame
-    y_valid: np.ndarray
-    auto_scale_pos_weight: float
-
-    def scale_pos_weight(self, choice: float | str | None) -> float | None:
-        return self.auto_scale_pos_weight if choice == "auto" else choice  # type: ignore[return-value]
-
-
-def load_trial_data(features: str) -> TrialData:
-    """Read train/valid, fit the preprocessor on train only, encode both. Test is never read."""
-    manifest = verify_feature_folder(features)
-    names = [f["name"] for f in manifest["features"]]
-    label = manifest["label_column"]
-    train = read_split_pandas(features, "train", [*names, label])
-    valid = read_split_pandas(features, "valid", [*names, label])
-    for split, frame in (("train", train), ("valid", valid)):
-        if frame[label].nunique() < 2:
-            raise FeatureFolderError(f"{features}: split {split!r} needs both classes in {label!r}")
-    preprocessor = Preprocessor.fit(train, manifest)
-    positives = int(train[label].sum())
-    return TrialData(
-        x_train=preprocessor.transform(train),
-        y_train=train[label].to_numpy(),
-        x_valid=preprocessor.transform(valid),
-        y_valid=valid[label].to_numpy(),
-        auto_scale_pos_weight=(len(train) - positives) / positives,
-    )
-
-
-def trial_tabular_config(config: dict[str, Any], **overrides: Any) -> TabularConfig:
-    """The TabularConfig of a trial's config (tuned values + the fixed search settings)."""
-    values = {k: config[k] for k in TUNED if k in config}
-    values.update(
-        {k: config[k] for k in ("max_rounds", "early_stopping_rounds", "seed") if k in config},
-        cpus_per_worker=1,
-    )
-    values.update(overrides)
-    return TabularConfig(**values)
-
-
-@dataclass
-class TrialState:
-    """Where a trial is: saved with every checkpoint so a resumed trial continues exactly."""
-
-    rounds: int = 0
-    best_auroc: float = -math.inf
-    best_round: int = 0
-    since_best: int = 0
-    last_auroc: float = math.nan
-    last_logloss: float = math.nan
-
-    def metrics(self, max_rounds: int, patience: int) -> dict[str, Any]:
-        early = self.since_best >= patience
-        return {
-            TIME_ATTR: self.rounds,
-            METRIC: self.best_auroc,
-            "best_round": self.best_round,
-            "valid_auroc_last": self.last_auroc,
-            "valid_logloss_last": self.last_logloss,
-            "early_stopped": early,
-            "finished": early or self.rounds >= max_rounds,
-        }
-
-
-# report(metrics, booster, state, checkpoint?)
-Reporter = Callable[[dict[str, Any], xgboost.Booster, TrialState, bool], None]
-
-
-class _Progress(xgboost.callback.TrainingCallback):
-    """Tracks the best validation AUROC, stops early, reports every N rounds and at the end.
-
-    A report carries the booster as checkpoint when `checkpoint_every` rounds have passed since
-    the last one, and at the end: checkpoints are for resuming, reports are for ASHA.
-    """
-
-    def __init__(self, state: TrialState, config: dict[str, Any], report: Reporter | None):
-        self.state, self.report = state, report
-        self.max_rounds, self.patience = int(config["max_rounds"]), int(config["early_stopping_rounds"])
-        self.every = int(config.get("report_every", 10))
-        self.checkpoint_every = int(config.get("checkpoint_every", 50))
-        self.checkpointed = state.rounds
-
-    def after_iteration(self, model: xgboost.Booster, epoch: int, evals_log: dict) -> bool:
-        s = self.state
-        s.rounds += 1
-        s.last_auroc = float(evals_log["valid"]["auc"][-1])
-        s.last_logloss = float(evals_log["valid"]["logloss"][-1])
-        if s.last_auroc > s.best_auroc:
-            s.best_auroc, s.best_round, s.since_best = s.last_auroc, s.rounds, 0
-        else:
-            s.since_best += 1
-        metrics = s.metrics(self.max_rounds, self.patience)
-        if self.report and (s.rounds % self.every == 0 or metrics["finished"]):
-            checkpoint = metrics["finished"] or s.rounds - self.checkpointed >= self.checkpoint_every
-            if checkpoint:
-                self.checkpointed = s.rounds
-            self.report(metrics, model, s, checkpoint)
-        return bool(metrics["early_stopped"])
-
-
-def fit_trial(
-    config: dict[str, Any],
-    data: TrialData,
-    report: Reporter | None = None,
-    booster: xgboost.Booster | None = None,
-    state: TrialState | None = None,
-) -> tuple[xgboost.Booster, TrialState]:
-    """Train one configuration in this process (continuing `booster` at `state` when given)."""
-    state = state or TrialState()
-    tabular = trial_tabular_config(config)
-    max_rounds, patience = tabular.max_rounds, tabular.early_stopping_rounds
-    if state.rounds >= max_rounds or state.since_best >= patience:  # finished before the restore
-        if report and booster is not None:
-            report(state.metrics(max_rounds, patience), booster, state, True)
-        return booster, state  # type: ignore[return-value]
-    params = tabular.xgb_params(data.scale_pos_weight(tabular.scale_pos_weight))
-    dtrain = xgboost.DMatrix(data.x_train, label=data.y_train, enable_categorical=True)
-    dvalid = xgboost.DMatrix(data.x_valid, label=data.y_valid, enable_categorical=True)
-    progress = _Progress(
-        state, {**config, "max_rounds": max_rounds, "early_stopping_rounds": patience}, report
-    )
-    booster = xgboost.train(
-        params,
-        dtrain,
-        num_boost_round=max_rounds - state.rounds,
-        evals=[(dvalid, "valid")],  # only valid: train metrics would cost time and are not used
-        callbacks=[progress],
-        xgb_model=booster,  # a restored trial continues its checkpointed booster
-        verbose_eval=False,
-    )
-    return booster, state
-
-
-def _tune_report(
-    metrics: dict[str, Any], booster: xgboost.Booster, state: TrialState, checkpoint: bool
-) -> None:
-    if not checkpoint:
-        ray.tune.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        booster.save_model(Path(tmp) / MODEL_FILE)
-        (Path(tmp) / STATE_FILE).write_text(json.dumps(state.__dict__))
-        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
-
-
-def xgboost_trial(config: dict[str, Any], data: TrialData) -> None:
-    """The Tune function trainable: continue from the trial's checkpoint if there is one."""
-    booster, state = None, None
-    checkpoint = ray.tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            booster = xgboost.Booster()
-            booster.load_model(Path(directory) / MODEL_FILE)
-            state = TrialState(**json.loads((Path(directory) / STATE_FILE).read_text()))
-        log.info("trial %s resumes at round %d", ray.tune.get_context().get_trial_id(), state.rounds)
-    fit_trial(config, data, _tune_report, booster, state)
-
-
-# --------------------------------------------------------------------------- MLflow
-
-
-def _stop_reason(result: dict[str, Any], max_t: int, time_attr: str = TIME_ATTR) -> str:
-    """Why a trial ended: its own early stopping, the cap on `time_attr`, else the scheduler."""
-    if not result:
-        return "no result"
-    if result.get("early_stopped"):
-        return "early_stopping"
-    if result.get(time_attr, 0) >= max_t:
-        return f"max_{time_attr}"
-    return "asha"
-
-
-class MlflowSearchLogger(ray.tune.Callback):
-    """Parent run = the search; one child run per trial. Runs in the driver only (one writer).
-
-    A child gets the trial's `params` from its config, every reported `metrics` value stepped by
-    `time_attr`, and at the end `<time_attr>_run`, `best_<first metric>` (per `mode`), `best_round`
-    when reported, and a `stopped_by` tag. Generic over the model: the note-model search uses it
-    with its own params, metrics and time attribute.
-
-    Pickled with the experiment (Tune keeps its callbacks for `Tuner.restore`), so it holds ids
-    only; a restored trial finds its existing child run by tag instead of making a second one.
-    """
-
-    def __init__(
-        self,
-        experiment_id: str,
-        parent_run_id: str,
-        search_name: str,
-        max_t: int,
-        params: Sequence[str] = (*TUNED, *FIXED),
-        metrics: Sequence[str] = (METRIC, "valid_auroc_last", "valid_logloss_last"),
-        time_attr: str = TIME_ATTR,
-        mode: str = "max",
-    ):
-        if mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-        self.experiment_id = experiment_id
-        self.parent_run_id = parent_run_id
-        self.search_name = search_name
-        self.max_t = max_t
-        self.params, self.metrics = tuple(params), tuple(metrics)
-        self.time_attr, self.mode = time_attr, mode
-        self._runs: dict[str, str] = {}
-        self._best: dict[str, float] = {}
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_runs": {}, "_best": {}}
-
-    @staticmethod
-    def _client() -> Any:
-        from mlflow import MlflowClient
-
-        from ml import registry
-
-        registry.configure()
-        return MlflowClient()
-
-    def _child(self, trial: Any) -> str:
-        if trial.trial_id in self._runs:
-            return self._runs[trial.trial_id]
-        from mlflow.entities import Param
-
-        client = self._client()
-        found = client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}' "
-            f"AND tags.tune_trial_id = '{trial.trial_id}'",
-            max_results=1,
-        )
-        if found:  # a restored trial: same child run
-            run_id = found[0].info.run_id
-            client.update_run(run_id, status="RUNNING")
-        else:
-            run = client.create_run(
-                self.experiment_id,
-                run_name=f"trial-{trial.trial_id}",
-                tags={
-                    "mlflow.parentRunId": self.parent_run_id,
-                    "tune_trial_id": trial.trial_id,
-                    "tune_experiment": self.search_name,
-                    "kind": "tune-trial",
-                },
-            )
-            run_id = run.info.run_id
-            client.log_batch(run_id, params=[Param(k, str(trial.config.get(k))) for k in self.params])
-        self._runs[trial.trial_id] = run_id
-        return run_id
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._child(trial)
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        from mlflow.entities import Metric
-
-        step, now = int(result.get(self.time_attr, 0)), int(time.time() * 1000)
-        values = {k: result.get(k) for k in self.metrics}
-        first = values.get(self.metrics[0])
-        if _finite(first):
-            best = self._best.get(trial.trial_id)
-            better = best is None or (first > best if self.mode == "max" else first < best)
-            self._best[trial.trial_id] = float(first) if better else best  # type: ignore[assignment]
-        metrics = [Metric(k, float(v), now, step) for k, v in values.items() if _finite(v)]
-        self._client().log_batch(self._child(trial), metrics=metrics)
-
-    def _finish(self, trial: Any, status: str) -> None:
-        from mlflow.entities import Metric, RunTag
-
-        client = self._client()
-        run_id = self._child(trial)
-        result = trial.last_result or {}
-        now = int(time.time() * 1000)
-        finals = {f"{self.time_attr}_run": result.get(self.time_attr, 0)}
-        if trial.trial_id in self._best:
-            finals[f"best_{self.metrics[0]}"] = self._best[trial.trial_id]
-        if "best_round" in result:
-            finals["best_round"] = result["best_round"]
-        reason = "error" if status == "FAILED" else _stop_reason(result, self.max_t, self.time_attr)
-        client.log_batch(
-            run_id,
-            metrics=[Metric(k, float(v), now, 0) for k, v in finals.items() if _finite(v)],
-            tags=[RunTag("stopped_by", reason)],
-        )
-        client.set_terminated(run_id, status)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish(trial, "FINISHED")
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish(trial, "FAILED")
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 # --------------------------------------------------------------------------- the search
 
 
@@ -527,6 +216,7 @@ class SearchOutcome:
     trials: pd.DataFrame  # one row per trial: id, status, tuned params, metrics
     seconds: float
     resumed: bool
+    features: FeatureFolder  # opened once by the search; the retrain reads the same
 
 
 def _trial_rows(grid: Any, config: SearchConfig) -> pd.DataFrame:
@@ -541,7 +231,7 @@ def _trial_rows(grid: Any, config: SearchConfig) -> pd.DataFrame:
                 METRIC: metrics.get(METRIC, math.nan),
                 "best_round": metrics.get("best_round", 0),
                 "rounds_run": metrics.get(TIME_ATTR, 0),
-                "stopped_by": "error" if result.error else _stop_reason(metrics, config.max_rounds),
+                "stopped_by": "error" if result.error else stop_reason(metrics, config.max_rounds, TIME_ATTR),
                 **{k: cfg.get(k) for k in TUNED},
             }
         )
@@ -572,10 +262,13 @@ def run_search(
     resume_name: str | None = None,
     settings: Settings | None = None,
     callbacks: Sequence[ray.tune.Callback] = (),
+    features: FeatureFolder | None = None,
 ) -> SearchOutcome:
     """Run a new search (`config`) or resume an interrupted one (`resume_name`).
 
-    Needs Ray initialised. Raises SearchInterrupted if the search stops before all trials end.
+    `features` is the config's feature folder if the caller has opened it already (the CLI does,
+    to refuse bad input before Ray starts); else it is opened here. Needs Ray initialised. Raises
+    SearchInterrupted if the search stops before all trials end.
     """
     from mlflow import MlflowClient
 
@@ -588,18 +281,19 @@ def run_search(
     if resume_name is not None:
         path, saved = load_saved_search(resume_name, settings)
         config = SearchConfig(**saved["config"])
-        experiment_id, parent_run_id = saved["experiment_id"], saved["parent_run_id"]
-        client.update_run(parent_run_id, status="RUNNING")
     else:
         assert config is not None
         path = check_new(config.name, settings)
-        verify_feature_folder(config.features)  # before anything is created
+    folder = open_features(config, features)  # before anything is created or resumed
+    if resume_name is not None:
+        experiment_id, parent_run_id = saved["experiment_id"], saved["parent_run_id"]
+        client.update_run(parent_run_id, status="RUNNING")
 
     # Tune warns when trial checkpoints force experiment snapshots more often than every 5 s;
     # here a snapshot is a small local JSON write, so that is cheap and the warning is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     started = time.perf_counter()
-    data = load_trial_data(config.features)
+    data = load_trial_data(folder)
     trainable = ray.tune.with_resources(ray.tune.with_parameters(xgboost_trial, data=data), {"cpu": 1})
     log.info("data for %s: %d train / %d valid rows, %.1f s", config.name, len(data.y_train),
              len(data.y_valid), time.perf_counter() - started)  # fmt: skip
@@ -616,48 +310,18 @@ def run_search(
         client.set_terminated(parent_run_id, "KILLED")
         raise SearchInterrupted(config.name, path)
     trials = _trial_rows(grid, config)
-    return SearchOutcome(config, path, experiment_id, parent_run_id, trials, seconds, resume_name is not None)
+    resumed = resume_name is not None
+    return SearchOutcome(config, path, experiment_id, parent_run_id, trials, seconds, resumed, folder)
 
 
-def fit_tuner(tuner: ray.tune.Tuner, client: Any, parent_run_id: str) -> Any:
-    """`tuner.fit()` keeping the terminal's signal handlers; a crash marks the parent run FAILED."""
-    try:
-        with restoring_signal_handlers():
-            return tuner.fit()
-    except BaseException:
-        client.set_terminated(parent_run_id, "FAILED")
-        raise
-
-
-@contextlib.contextmanager
-def restoring_signal_handlers() -> Iterator[None]:
-    """Tune installs SIGINT/SIGUSR1 handlers for its run and leaves them installed afterwards:
-    a later Ctrl+C (during the retrain) would then only set an event nobody reads."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGUSR1)}
-    try:
-        yield
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
-
-
-def search_interrupted(grid: Any, num_samples: int) -> bool:
-    """Did the search stop before every trial ended? (Tune returns normally on SIGINT/SIGUSR1.)
-
-    Trials running at the interrupt come back TERMINATED in memory (saved as RUNNING, so a
-    restore continues them): what tells them apart is that their last result is not `done`,
-    which every trial that ended (finished or stopped by ASHA) has.
-    """
-    if len(grid) < num_samples:
-        return True
-    return any(r.error is None and not (r.metrics or {}).get("done") for r in grid)
-
-
-def trial_dirname(trial: Any) -> str:
-    return f"trial_{trial.trial_id}"
+def open_features(config: SearchConfig, features: FeatureFolder | None = None) -> FeatureFolder:
+    """The search's feature folder: `features` if already open (it must be the one the config
+    names, which search.json keeps for a resume), else the config's, opened now."""
+    if features is None:
+        return FeatureFolder.open(config.features)
+    if features.uri != config.features:
+        raise SearchError(f"the open feature folder {features.uri} is not the search's {config.features}")
+    return features
 
 
 def _new_tuner(
@@ -676,8 +340,14 @@ def _new_tuner(
     points = [default_point()] if config.include_default else []
     points += [dict(p) for p in config.points]
     logger = MlflowSearchLogger(
-        experiment_id, parent_run_id, config.name, config.max_rounds
-    )  # xgboost defaults
+        experiment_id,
+        parent_run_id,
+        config.name,
+        config.max_rounds,
+        params=(*TUNED, *FIXED),
+        metrics=(METRIC, "valid_auroc_last", "valid_logloss_last"),
+        time_attr=TIME_ATTR,
+    )
     return ray.tune.Tuner(
         trainable,
         param_space={**search_space(), **fixed},
@@ -713,35 +383,6 @@ def _new_tuner(
 # --------------------------------------------------------------------------- summary, retrain
 
 
-_SHORT = {
-    "learning_rate": "lr",
-    "min_child_weight": "min_child_w",
-    "colsample_bytree": "colsample",
-    "scale_pos_weight": "pos_weight",
-    "best_round": "best_rnd",
-    "rounds_run": "rounds",
-}
-
-
-def format_table(trials: pd.DataFrame, top_k: int = 5) -> str:
-    """The first `top_k` rows (sort them best first) of a trials frame as a fixed-width table."""
-    if trials.empty:
-        return "(no trials)"
-
-    def cell(value: Any) -> str:
-        if value is None or _is_nan(value):
-            return "-"
-        if isinstance(value, float | np.floating):
-            return f"{value:.4g}" if abs(value) >= 1000 else f"{value:.4f}"
-        return str(value)
-
-    cols = list(trials.columns)
-    rows = [[_SHORT.get(c, c) for c in cols]]
-    rows += [[cell(r[c]) for c in cols] for r in trials.head(top_k).to_dict("records")]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
-    return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in rows)
-
-
 def summary_table(trials: pd.DataFrame, top_k: int = 5) -> str:
     """The best XGBoost trials: id, valid AUROC, best and last round, why it stopped, params."""
     cols = ["trial_id", METRIC, "best_round", "rounds_run", "stopped_by", *TUNED]
@@ -759,12 +400,12 @@ def retrain_best(outcome: SearchOutcome) -> dict[str, Any]:
     if ok.empty:
         raise RuntimeError(f"search {config.name!r}: no trial produced a {METRIC}")
     best = ok.iloc[0]
-    params = {k: (None if _is_nan(best[k]) else best[k]) for k in TUNED}
+    params = {k: (None if is_nan(best[k]) else best[k]) for k in TUNED}
     params["max_depth"] = int(params["max_depth"])
     fixed = {"early_stopping_rounds": config.early_stopping_rounds, "seed": config.seed}
     tabular = trial_tabular_config({**params, **fixed, "max_rounds": int(best["best_round"])})
     metrics = train_tabular(
-        config.features,
+        outcome.features,
         tabular,
         register=config.register_best,
         model_name=config.model_name,
@@ -790,10 +431,6 @@ def retrain_best(outcome: SearchOutcome) -> dict[str, Any]:
     return {"best": best, "params": params, "tabular": tabular, "metrics": metrics}
 
 
-def _is_nan(value: Any) -> bool:
-    return isinstance(value, float) and math.isnan(value)
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
@@ -808,17 +445,20 @@ def tune_xgboost(
     settings: Settings | None = None,
     callbacks: Sequence[ray.tune.Callback] = (),
     on_summary: Callable[[str], None] | None = None,
+    features: FeatureFolder | None = None,
 ) -> dict[str, Any]:
     """Search, summarise, retrain + register the best; the result is also saved as result.json.
 
-    Resuming a search that already finished returns its saved result without doing anything.
+    The feature folder is opened once (or given open, as `features`): the trials' data and the
+    retrain read it. Resuming a search that already finished returns its saved result without
+    doing anything.
     """
     if resume_name is not None:
         done = tune_root(settings) / resume_name / RESULT_FILE
         if done.exists():
             log.info("search %s already finished; its result is in %s", resume_name, done)
             return json.loads(done.read_text())
-    outcome = run_search(config, resume_name, settings, callbacks)
+    outcome = run_search(config, resume_name, settings, callbacks, features)
     cfg, trials = outcome.config, outcome.trials
     table = summary_table(trials, cfg.top_k)
     if on_summary:
@@ -869,7 +509,7 @@ def _finish_parent(outcome: SearchOutcome, result: dict[str, Any]) -> None:
         tags["registered_version"] = str(result["registered_version"])
     client.log_batch(
         outcome.parent_run_id,
-        metrics=[Metric(k, float(v), now, 0) for k, v in values.items() if _finite(v)],
+        metrics=[Metric(k, float(v), now, 0) for k, v in values.items() if finite(v)],
         tags=[RunTag(k, v) for k, v in tags.items()],
     )
     with tempfile.TemporaryDirectory() as tmp:
