@@ -77,12 +77,16 @@ def features(
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
     json_path: Path | None = JSON_OPTION,
     partitions: int = typer.Option(0, min=0, help="Shuffle partitions; 0 picks from data size."),
+    shuffle: bool = typer.Option(
+        False, help="Shuffle on the patient even when the raw folder is written in patient parts."
+    ),
 ) -> None:
     """Validate, engineer per-admission features and split by patient, with Ray Data."""
     from data.features import build_features
 
     init_ray()
-    _summary(build_features(raw, out, overwrite=overwrite, partitions=partitions or None), json_path)
+    manifest = build_features(raw, out, overwrite=overwrite, partitions=partitions or None, shuffle=shuffle)
+    _summary(manifest, json_path)
 
 
 @app.command()

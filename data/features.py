@@ -1,10 +1,13 @@
 """Raw EHR folder -> feature folder, with Ray Data from read to write.
 
 Every transform is a pure pandas function over a *complete* group of rows (all rows of some
-admissions, or all stays of some patients). Ray Data hash-partitions each table by its key so
-every block holds complete groups, then maps these functions over blocks; `build_features_pandas`
-applies the very same functions to whole tables in one process, which is both the reference
-the tests compare against and the benchmark's baseline.
+admissions, or all stays of some patients); `chunk_features` applies them all to whole
+patients. A raw folder written in patient parts (`data synth` does; see
+`data.raw.write_raw_manifest`) streams with no shuffle: one Ray task per part reads it,
+computes and writes, so memory stays bounded by a few parts. Any other folder is shuffled once,
+on the patient, into blocks of whole patients. `compute_features_pandas` applies the very same
+`chunk_features` to whole tables in one process: the reference the tests compare against and
+the benchmark's baseline.
 
 One output row per admission that can be readmitted (stays ending in death or hospice are
 dropped). The label is 1 when the same patient is admitted again within 30 days of discharge.
@@ -12,16 +15,17 @@ dropped). The label is 1 when the same patient is admitted again within 30 days 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from data import charlson
@@ -35,7 +39,7 @@ from data.featureset import (
     split_of,
     write_manifest,
 )
-from data.raw import table_files
+from data.raw import PARTITION_KEY, table_files
 from data.schema import (
     DISCHARGE_SUMMARY,
     ITEM_RANGES,
@@ -44,7 +48,7 @@ from data.schema import (
     TERMINAL_DISPOSITIONS,
     VITAL_RANGES,
 )
-from data.storage import Location, resolve, staged_output
+from data.storage import MANIFEST_NAME, Location, resolve, staged_output
 from data.validate import validate_raw
 
 log = logging.getLogger(__name__)
@@ -281,7 +285,193 @@ OUTPUT_SCHEMA = pa.schema(
 OUTPUT_ORDER = OUTPUT_SCHEMA.names
 
 
+# --- one chunk of whole patients -> feature rows (every path ends here) -----------------------
+
+# What each transform reads of each table.
+CHUNK_COLUMNS: dict[str, list[str]] = {
+    "patients": ["patient_id", "sex", "date_of_birth", "ethnicity"],
+    "admissions": list(TABLES["admissions"].names),
+    "labs": ["admission_id", "charttime", "item", "value"],
+    "vitals": ["admission_id", "charttime", "item", "value"],
+    "diagnoses": list(TABLES["diagnoses"].names),
+    "notes": ["admission_id", "charttime", "category", "text"],
+}
+FEATURE_SCHEMA = OUTPUT_SCHEMA.append(pa.field(SPLIT_COLUMN, pa.string()))
+
+
+def empty_table(table: str) -> pd.DataFrame:
+    """A table with no rows but its schema's columns and types."""
+    return TABLES[table].empty_table().select(CHUNK_COLUMNS[table]).to_pandas()
+
+
+def chunk_features(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Feature rows of whole patients: `tables` holds, for some set of patients, all their rows
+    of every raw table (`CHUNK_COLUMNS`; a missing table counts as empty). The pandas reference
+    passes every patient at once; the Ray pipeline one chunk per task."""
+
+    def get(table: str) -> pd.DataFrame:
+        frame = tables.get(table)
+        return empty_table(table) if frame is None else frame
+
+    stays = get("admissions")
+    if stays.empty:
+        return FEATURE_SCHEMA.empty_table().to_pandas()
+    features = stay_features(stays.merge(get("patients"), on="patient_id", how="left")).to_pandas()
+    measured = pd.concat([get(t) for t in ITEM_RANGES], ignore_index=True)
+    for part in (
+        measurement_features(measured),
+        diagnosis_features(get("diagnoses")),
+        note_features(get("notes")),
+    ):
+        features = features.merge(part.to_pandas(), on="admission_id", how="left")
+    return finalize(features)[FEATURE_SCHEMA.names]
+
+
 # --- Ray Data pipeline ------------------------------------------------------------------------
+
+
+class PartitioningError(ValueError):
+    """A raw folder's manifest claims patient-partitioned parts that its files contradict."""
+
+
+def patient_parts(folder: Location) -> int | None:
+    """N when the raw manifest claims `part-k` (k < N) of every table holds whole patients
+    (`data.raw.write_raw_manifest`), and the file names agree; None when there is no claim."""
+    manifest_file = folder.child(MANIFEST_NAME)
+    if not manifest_file.exists():
+        return None
+    claim = json.loads(manifest_file.read_text()).get("partitioning") or {}
+    if claim.get("key") != PARTITION_KEY:
+        return None
+    parts = int(claim["parts"])
+    expected = {f"part-{k:05d}.parquet" for k in range(parts)}
+    for table in CHUNK_COLUMNS:
+        for path in table_files(folder, table):
+            name = path.rsplit("/", 1)[-1]
+            if name not in expected or path.rsplit("/", 2)[-2] != table:
+                raise PartitioningError(
+                    f"{folder.uri}: the manifest claims {parts} patient parts, but {table} has the "
+                    f"file {name!r}, which is not one of part-00000.parquet .. part-{parts - 1:05d}.parquet"
+                )
+    return parts
+
+
+def read_part(folder: Location, part: int | None) -> dict[str, pd.DataFrame]:
+    """Part `part` of every table, after checking that it holds whole patients: every stay's
+    patient and every child row's stay are in the same part (the dangling-key check of
+    `validate_raw` ran over the whole folder first). `None`: every table whole."""
+    tables: dict[str, pd.DataFrame] = {}
+    for table, columns in CHUNK_COLUMNS.items():
+        if part is None:
+            files = table_files(folder, table)
+        else:
+            path = folder.child(table, f"part-{part:05d}.parquet")
+            files = [path.path] if path.is_file() else []
+        if files:
+            data = pads.dataset(files, filesystem=folder.fs).to_table(columns=columns)
+            tables[table] = data.to_pandas()
+    if part is None:
+        return tables
+    checks = [("admissions", "patient_id", "patients")] + [
+        (child, "admission_id", "admissions") for child in ("labs", "vitals", "diagnoses", "notes")
+    ]
+    for child, key, parent in checks:
+        if child not in tables:
+            continue
+        known = tables[parent][key] if parent in tables else pd.Series([], dtype=object)
+        stray = int((~tables[child][key].isin(known)).sum())
+        if stray:
+            raise PartitioningError(
+                f"{folder.child(child, f'part-{part:05d}.parquet').uri}: {stray} row(s) whose {key} is "
+                f"not in {parent}/part-{part:05d}.parquet; the manifest's patient partitioning is wrong "
+                "(remove its 'partitioning' entry to have the pipeline shuffle instead)"
+            )
+    return tables
+
+
+def patient_slice(tables: dict[str, pd.DataFrame], index: int, slices: int) -> dict[str, pd.DataFrame]:
+    """The rows of one in `slices` of the patients (by a fixed hash of the id), all tables."""
+    if slices == 1:
+        return tables
+    patients = tables["patients"]["patient_id"]
+    keep = set(patients[pd.util.hash_array(patients.to_numpy(object)) % slices == index])
+    out = {"patients": tables["patients"].loc[patients.isin(keep)]}
+    if "admissions" in tables:
+        out["admissions"] = tables["admissions"].loc[tables["admissions"]["patient_id"].isin(keep)]
+        stays = set(out["admissions"]["admission_id"])
+        for child in ("labs", "vitals", "diagnoses", "notes"):
+            if child in tables:
+                out[child] = tables[child].loc[tables[child]["admission_id"].isin(stays)]
+    return out
+
+
+def part_block(batch: pa.Table, folder: Location, parts: int | None, slices: int) -> pa.Table:
+    """Ray Data map: task numbers -> feature rows of their slice of their part (`parts` None: of
+    the whole folder), read and computed in place; a part split in `slices` tasks keeps every
+    core busy on small inputs."""
+    frames = [
+        chunk_features(
+            patient_slice(read_part(folder, None if parts is None else task // slices), task % slices, slices)
+        )
+        for task in batch.column("id").to_pylist()
+    ]
+    return pa.concat_tables(_to_schema(frame, FEATURE_SCHEMA) for frame in frames)
+
+
+KIND = "_kind"
+PATIENT_KEY = "_patient"
+
+
+def _envelope_schema() -> pa.Schema:
+    """Every table's pipeline columns in one nullable schema, plus its kind and its patient: ONE
+    hash shuffle on the patient then co-locates all rows of a patient."""
+    fields: dict[str, pa.Field] = {}
+    for table, columns in CHUNK_COLUMNS.items():
+        for column in columns:
+            fields.setdefault(column, TABLES[table].field(column).with_nullable(True).remove_metadata())
+    return pa.schema([*fields.values(), (KIND, pa.string()), (PATIENT_KEY, pa.string())])
+
+
+ENVELOPE = _envelope_schema()
+
+
+def envelope(batch: pa.Table, kind: str, stays: pa.Table | None = None) -> pa.Table:
+    """One table's rows in the shared envelope; child rows find their patient through `stays`
+    (admission_id -> patient_id of the whole folder)."""
+    n = batch.num_rows
+    if "patient_id" in batch.column_names:
+        patient = batch.column("patient_id").cast(pa.string())
+    else:
+        assert stays is not None
+        index = pc.index_in(batch.column("admission_id").cast(pa.string()), value_set=stays.column(0))
+        patient = pc.take(stays.column(1), index)
+    columns = []
+    for f in ENVELOPE:
+        if f.name == KIND:
+            columns.append(pa.array([kind] * n, pa.string()))
+        elif f.name == PATIENT_KEY:
+            columns.append(patient)
+        elif f.name in batch.column_names:
+            columns.append(batch.column(f.name).cast(f.type))
+        else:
+            columns.append(pa.nulls(n, f.type))
+    return pa.Table.from_arrays(columns, schema=ENVELOPE)
+
+
+def shuffled_block(rows: pa.Table) -> pa.Table:
+    """Ray Data map after the shuffle: whole patients, every table -> their feature rows."""
+    kinds = rows.column(KIND)
+    tables = {
+        table: rows.filter(pc.equal(kinds, table)).select(columns).to_pandas()
+        for table, columns in CHUNK_COLUMNS.items()
+    }
+    return _to_schema(chunk_features(tables), FEATURE_SCHEMA)
+
+
+# A folder without patient parts but at most this many rows in all (about 30k stays of the
+# synthetic data) is read whole by each task, which then keeps its slice of the patients: no
+# shuffle. Larger ones are shuffled once.
+WHOLE_FOLDER_ROWS = 1_000_000
 
 
 def _partitions(rows: int) -> int:
@@ -289,70 +479,17 @@ def _partitions(rows: int) -> int:
     return int(min(128, max(4, math.ceil(rows / 200_000))))
 
 
-KIND = "_kind"
-PATIENT_COLUMNS = ["patient_id", "sex", "date_of_birth", "ethnicity"]
-# One envelope per shuffle: every input table is padded with nulls to the same columns and
-# tagged with its kind, so ONE hash shuffle co-locates all rows of a patient (or a stay).
-# Each shuffle costs seconds of fixed overhead on Ray Data, whatever the data size.
-PATIENT_ENVELOPE = pa.schema(
-    [
-        *[f.with_nullable(True) for f in TABLES["admissions"]],  # patient rows leave stay fields empty
-        *[TABLES["patients"].field(c) for c in PATIENT_COLUMNS[1:]],
-        (KIND, pa.string()),
-    ]
-)
-STAY_ENVELOPE = pa.schema(
-    [
-        ("admission_id", pa.string()), (KIND, pa.string()), ("charttime", pa.timestamp("us")),
-        ("item", pa.string()), ("value", pa.float64()), ("icd_code", pa.string()),
-        ("icd_version", pa.int8()), ("category", pa.string()), ("text", pa.string()),
-    ]
-)  # fmt: skip
-PER_STAY_SCHEMA = pa.schema([*MEASUREMENT_SCHEMA, *list(DIAGNOSIS_SCHEMA)[1:], *list(NOTE_SCHEMA)[1:]])
-
-
-def _envelope(batch: pa.Table, schema: pa.Schema, kind: str) -> pa.Table:
-    n = batch.num_rows
-    columns = []
-    for f in schema:
-        if f.name == KIND:
-            columns.append(pa.array([kind] * n, pa.string()))
-        elif f.name in batch.column_names:
-            columns.append(batch.column(f.name).cast(f.type))
-        else:
-            columns.append(pa.nulls(n, f.type))
-    return pa.Table.from_arrays(columns, schema=schema)
-
-
-def patient_block(rows: pd.DataFrame) -> pa.Table:
-    """Whole patients (their patient row and all their stays) -> stay features."""
-    patients = rows.loc[rows[KIND] == "patients", PATIENT_COLUMNS]
-    stays = rows.loc[rows[KIND] == "admissions", TABLES["admissions"].names]
-    if stays.empty:
-        return STAY_SCHEMA.empty_table()
-    return stay_features(stays.merge(patients, on="patient_id", how="left"))
-
-
-def stay_block(rows: pd.DataFrame) -> pa.Table:
-    """Whole stays (all their measurements, codes and notes) -> one row of features each."""
-    parts = [
-        measurement_features(rows.loc[rows[KIND].isin(ITEM_RANGES)]).to_pandas(),
-        diagnosis_features(rows.loc[rows[KIND] == "diagnoses"]).to_pandas(),
-        note_features(rows.loc[rows[KIND] == "notes"]).to_pandas(),
-    ]
-    merged = parts[0]
-    for part in parts[1:]:
-        merged = merged.merge(part, on="admission_id", how="outer")
-    return _to_schema(merged, PER_STAY_SCHEMA)
-
-
 def build_features(
-    raw: str, out: str, overwrite: bool = False, partitions: int | None = None
+    raw: str, out: str, overwrite: bool = False, partitions: int | None = None, shuffle: bool = False
 ) -> dict[str, Any]:
     """Validate `raw`, build features with Ray Data and publish a feature folder at `out`.
 
-    Three shuffles in all: patients+admissions by patient, labs+vitals+diagnoses+notes by
-    stay, and the final join of the two on admission_id.
+    A raw folder whose manifest claims patient parts (what `data synth` writes) streams: one
+    task per part reads it, computes its features and writes them, with no shuffle, so memory
+    holds a few parts at a time. A small folder without parts (`WHOLE_FOLDER_ROWS`) is read
+    whole by each task, which keeps its slice of the patients. Any other folder (or
+    `shuffle=True`) is read table by table and shuffled once, on the patient, into
+    `partitions` blocks of whole patients.
     """
     import ray
 
@@ -360,44 +497,82 @@ def build_features(
     report = validate_raw(raw)
     report.raise_if_failed()
     folder = resolve(raw)
-    n = partitions or _partitions(max(report.rows.values()))
-
-    def tagged(tables: list[str], schema: pa.Schema) -> Any:
-        parts = [
-            ray.data.read_parquet(
-                table_files(folder, t),
-                filesystem=folder.fs,
-                columns=[c for c in schema.names if c in TABLES[t].names],
-            ).map_batches(_envelope, batch_format="pyarrow", fn_args=(schema, t))
-            for t in tables
-            if report.rows.get(t)
-        ]
-        return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0] if parts else None
-
-    def by_key(ds: Any, key: str, fn: Callable[[pd.DataFrame], pa.Table]) -> Any:
-        """Hash-partition on `key` so each block holds whole groups, then apply `fn` per block."""
-        return ds.repartition(n, keys=[key]).map_batches(fn, batch_size=None, batch_format="pandas")
-
-    features = by_key(tagged(["patients", "admissions"], PATIENT_ENVELOPE), "patient_id", patient_block)
-    per_stay = tagged(["labs", "vitals", "diagnoses", "notes"], STAY_ENVELOPE)
-    if per_stay is not None:
-        per_stay = by_key(per_stay, "admission_id", stay_block)
-        features = features.join(per_stay, join_type="left_outer", num_partitions=n, on=("admission_id",))
-
-    def complete(batch: pd.DataFrame) -> pa.Table:
-        for name in OUTPUT_ORDER:
-            if name not in batch.columns:  # no labs, codes or notes at all in this source
-                batch[name] = None
-        return _to_schema(finalize(batch), OUTPUT_SCHEMA.append(pa.field(SPLIT_COLUMN, pa.string())))
-
-    features = features.map_batches(complete, batch_format="pandas")
     target = resolve(out)
     spec = feature_spec(raw)
-    with staged_output(target, overwrite) as staging:
-        features.write_parquet(staging.path, filesystem=staging.fs, partition_cols=[SPLIT_COLUMN])
-        manifest = _finish(staging, spec, started)
+    context = ray.data.DataContext.get_current()
+    wrap_errors = context.raise_original_map_exception
+    # A task's PartitioningError itself, not Ray Data's generic wrapper (set before the dataset
+    # is made: a dataset keeps the context it was made in).
+    context.raise_original_map_exception = True
+    try:
+        features, spec.extra["pipeline"] = _feature_dataset(folder, report.rows, shuffle, partitions)
+        with staged_output(target, overwrite) as staging:
+            try:
+                features.write_parquet(staging.path, filesystem=staging.fs, partition_cols=[SPLIT_COLUMN])
+            except Exception as err:
+                cause = _partitioning_cause(err)
+                if cause is None:
+                    raise
+                raise PartitioningError(str(cause)) from None
+            manifest = _finish(staging, spec, started)
+    finally:
+        context.raise_original_map_exception = wrap_errors
     log.info("features %s -> %s in %.1fs", folder.uri, target.uri, manifest["build_seconds"])
     return manifest
+
+
+def _feature_dataset(
+    folder: Location, rows: dict[str, int], shuffle: bool, partitions: int | None
+) -> tuple[Any, str]:
+    """The Ray Dataset of feature rows, and which of the three plans it follows."""
+    import ray
+
+    parts = None if shuffle else patient_parts(folder)
+    if parts is not None or (not shuffle and sum(rows.values()) <= WHOLE_FOLDER_ROWS):
+        slices = max(1, math.ceil(2 * int(ray.cluster_resources().get("CPU", 1)) / (parts or 1)))
+        tasks = (parts or 1) * slices
+        features = ray.data.range(tasks, override_num_blocks=tasks).map_batches(
+            part_block, batch_size=1, batch_format="pyarrow", fn_args=(folder, parts, slices)
+        )
+        return features, "patient parts, no shuffle" if parts else "whole folder in patient slices"
+    n = partitions or _partitions(max(rows.values()))
+    stays = (
+        pads.dataset(table_files(folder, "admissions"), filesystem=folder.fs)
+        .to_table(columns=["admission_id", "patient_id"])
+        .cast(pa.schema([("admission_id", pa.string()), ("patient_id", pa.string())]))
+    )
+    stays_ref = ray.put(stays)
+    tables = [
+        ray.data.read_parquet(table_files(folder, t), filesystem=folder.fs, columns=columns).map_batches(
+            _enveloped, batch_format="pyarrow", fn_args=(t, stays_ref)
+        )
+        for t, columns in CHUNK_COLUMNS.items()
+        if rows.get(t)
+    ]
+    union = tables[0].union(*tables[1:]) if len(tables) > 1 else tables[0]
+    features = union.repartition(n, keys=[PATIENT_KEY]).map_batches(
+        shuffled_block, batch_size=None, batch_format="pyarrow"
+    )
+    return features, "one shuffle on the patient"
+
+
+def _partitioning_cause(err: BaseException | None) -> PartitioningError | None:
+    """The PartitioningError a Ray task raised, unwrapped (Ray's wrapper's text is a traceback)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        inner = getattr(err, "cause", None) or err.__cause__
+        if isinstance(err, PartitioningError) and not isinstance(inner, PartitioningError):
+            return err
+        err = inner
+    return None
+
+
+def _enveloped(batch: pa.Table, kind: str, stays: Any) -> pa.Table:
+    import ray
+
+    table = stays if isinstance(stays, pa.Table) else ray.get(stays)
+    return envelope(batch, kind, table)
 
 
 def feature_spec(raw: str) -> FeatureSpec:
@@ -424,22 +599,9 @@ def compute_features_pandas(raw: str) -> pd.DataFrame:
     report = validate_raw(raw)
     report.raise_if_failed()
     folder = resolve(raw)
-
-    def read(table: str, columns: list[str]) -> pd.DataFrame:
-        files = table_files(folder, table)
-        if not files:  # optional table (notes) absent
-            return pd.DataFrame(columns=columns)
-        return pads.dataset(files, filesystem=folder.fs).to_table(columns=columns).to_pandas()
-
-    patients = read("patients", ["patient_id", "sex", "date_of_birth", "ethnicity"])
-    stays = read("admissions", list(TABLES["admissions"].names)).merge(patients, on="patient_id", how="left")
-    features = stay_features(stays).to_pandas()
-    measured = pd.concat([read(t, ["admission_id", "charttime", "item", "value"]) for t in ITEM_RANGES])
-    parts = [
-        measurement_features(measured),
-        diagnosis_features(read("diagnoses", list(TABLES["diagnoses"].names))),
-        note_features(read("notes", ["admission_id", "charttime", "category", "text"])),
-    ]
-    for part in parts:
-        features = features.merge(part.to_pandas(), on="admission_id", how="left")
-    return finalize(features)[[*OUTPUT_ORDER, SPLIT_COLUMN]]
+    tables = {
+        table: pads.dataset(files, filesystem=folder.fs).to_table(columns=columns).to_pandas()
+        for table, columns in CHUNK_COLUMNS.items()
+        if (files := table_files(folder, table))
+    }
+    return chunk_features(tables)

@@ -56,14 +56,24 @@ def write_part(folder: Location, table: str, data: pa.Table, part: int) -> str:
     return path
 
 
-def write_raw_manifest(folder: Location, source: dict[str, Any], rows: dict[str, int]) -> dict[str, Any]:
-    manifest = {
+PARTITION_KEY = "patient_id"
+
+
+def write_raw_manifest(
+    folder: Location, source: dict[str, Any], rows: dict[str, int], patient_parts: int | None = None
+) -> dict[str, Any]:
+    """`patient_parts` = N claims that `part-k` of every table (k < N) holds exactly the rows of
+    one set of patients, their stays and everything recorded during those stays: the feature
+    pipeline then needs no shuffle (`data.features`), and checks the claim part by part."""
+    manifest: dict[str, Any] = {
         "format": RAW_FORMAT,
         "schema_version": SCHEMA_VERSION,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "source": source,
         "tables": rows,
     }
+    if patient_parts is not None:
+        manifest["partitioning"] = {"key": PARTITION_KEY, "parts": patient_parts}
     folder.child(MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
     return manifest
 

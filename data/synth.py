@@ -785,7 +785,7 @@ def generate(
             "block_patients": BLOCK_PATIENTS,
             "shift": list(shifts),
         }
-        manifest = write_raw_manifest(staging, source, totals)
+        manifest = write_raw_manifest(staging, source, totals, patient_parts=len(sizes))
     log.info(
         "generated %s%s in %.1fs: %s",
         target.uri,

@@ -15,10 +15,18 @@ import pyarrow.fs as pafs
 import pytest
 from prerequisites import shared_dataset
 
-from data.features import build_features, compute_features_pandas
+from data.features import (
+    PartitioningError,
+    build_features,
+    chunk_features,
+    compute_features_pandas,
+    patient_slice,
+    read_part,
+)
 from data.featureset import SPLITS, FeatureFolderError, read_manifest, read_split_pandas
 from data.raw import write_raw_folder
 from data.schema import TABLES
+from data.storage import resolve
 from data.validate import RawDataError
 
 
@@ -28,11 +36,79 @@ def _all_splits(folder: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def test_ray_pipeline_matches_single_process_reference(synthetic_raw: Path, synthetic_features: Path) -> None:
-    got = _all_splits(str(synthetic_features)).sort_values("admission_id").reset_index(drop=True)
-    want = compute_features_pandas(str(synthetic_raw)).sort_values("admission_id").reset_index(drop=True)
+@pytest.fixture(scope="module")
+def reference(synthetic_raw: Path) -> pd.DataFrame:
+    """The single-process features of the session's synthetic raw folder, by admission."""
+    return compute_features_pandas(str(synthetic_raw)).sort_values("admission_id").reset_index(drop=True)
+
+
+def _sorted(folder: Path | str) -> pd.DataFrame:
+    return _all_splits(str(folder)).sort_values("admission_id").reset_index(drop=True)
+
+
+def test_ray_pipeline_matches_single_process_reference(
+    synthetic_features: Path, reference: pd.DataFrame
+) -> None:
+    got = _sorted(synthetic_features)
     assert len(got) > 5000
-    pd.testing.assert_frame_equal(got[want.columns], want, check_dtype=False)
+    assert read_manifest(str(synthetic_features))["pipeline"] == "patient parts, no shuffle"
+    pd.testing.assert_frame_equal(got[reference.columns], reference, check_dtype=False)
+
+
+def _without_partitioning(raw: Path, dest: Path) -> Path:
+    shutil.copytree(raw, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    assert manifest.pop("partitioning")["parts"] == 2  # the synthetic folder is written in 2 parts
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return dest
+
+
+def test_folders_without_patient_parts_give_the_same_features_read_whole_or_shuffled(
+    ray_cluster: object, synthetic_raw: Path, reference: pd.DataFrame, tmp_path: Path
+) -> None:
+    raw = _without_partitioning(synthetic_raw, tmp_path / "raw")
+    for shuffle, plan in ((False, "whole folder in patient slices"), (True, "one shuffle on the patient")):
+        out = tmp_path / f"features-{shuffle}"
+        assert build_features(str(raw), str(out), shuffle=shuffle)["pipeline"] == plan
+        pd.testing.assert_frame_equal(_sorted(out)[reference.columns], reference, check_dtype=False)
+
+
+def test_patient_slices_split_a_part_into_whole_disjoint_patients(
+    synthetic_raw: Path, reference: pd.DataFrame
+) -> None:
+    part = read_part(resolve(str(synthetic_raw)), 1)
+    slices = [patient_slice(part, i, 3) for i in range(3)]
+    patients = [set(s["patients"]["patient_id"]) for s in slices]
+    assert all(patients) and set.union(*patients) == set(part["patients"]["patient_id"])
+    assert sum(len(p) for p in patients) == len(part["patients"])
+    for piece in slices:  # every child row goes with its own patient's slice
+        stays = set(piece["admissions"]["admission_id"])
+        assert set(piece["admissions"]["patient_id"]) <= set(piece["patients"]["patient_id"])
+        assert set(piece["labs"]["admission_id"]) <= stays and set(piece["notes"]["admission_id"]) <= stays
+    got = pd.concat([chunk_features(s) for s in slices]).sort_values("admission_id").reset_index(drop=True)
+    want = reference.loc[reference["admission_id"].isin(got["admission_id"])].reset_index(drop=True)
+    assert len(want) == len(got) > 0
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+
+
+def test_a_false_patient_partitioning_claim_is_refused_naming_the_file(
+    ray_cluster: object, synthetic_raw: Path, tmp_path: Path
+) -> None:
+    raw = tmp_path / "raw"
+    shutil.copytree(synthetic_raw, raw)
+    labs = raw / "labs"  # part 0's labs now belong to part 1's stays, and the other way round
+    (labs / "part-00000.parquet").rename(labs / "swap")
+    (labs / "part-00001.parquet").rename(labs / "part-00000.parquet")
+    (labs / "swap").rename(labs / "part-00001.parquet")
+    with pytest.raises(
+        PartitioningError, match=r"labs/part-0000[01]\.parquet: \d+ row\(s\) whose admission_id"
+    ):
+        build_features(str(raw), str(tmp_path / "features"))
+    assert not (tmp_path / "features").exists()
+    assert not [p for p in tmp_path.iterdir() if "staging" in p.name]
+    (labs / "part-00009.parquet").write_bytes((labs / "part-00000.parquet").read_bytes())
+    with pytest.raises(PartitioningError, match=r"labs has the file 'part-00009.parquet'"):
+        build_features(str(raw), str(tmp_path / "features"))
 
 
 def test_manifest_counts_and_patient_disjoint_splits(synthetic_features: Path) -> None:
@@ -186,17 +262,16 @@ def test_mimic3_demo_through_the_pipeline(ray_cluster: object, datasets_dir: Pat
     assert (rows["age"] <= 90).all() and rows["charlson_index"].max() > 0
 
 
-def test_s3_round_trip(ray_cluster: object, s3_endpoint: str, synthetic_raw: Path) -> None:
-    from data.storage import resolve
-
+def test_s3_round_trip(
+    ray_cluster: object, s3_endpoint: str, synthetic_raw: Path, reference: pd.DataFrame
+) -> None:
     remote = resolve("s3://mediscale-test/raw")
     pafs.copy_files(str(synthetic_raw), remote.path, destination_filesystem=remote.fs)
     manifest = build_features("s3://mediscale-test/raw", "s3://mediscale-test/features")
     assert read_manifest("s3://mediscale-test/features") == manifest
-    local = compute_features_pandas(str(synthetic_raw))
-    assert sum(s["rows"] for s in manifest["splits"].values()) == len(local)
-    remote_rows = _all_splits("s3://mediscale-test/features")
-    assert set(remote_rows["admission_id"]) == set(local["admission_id"])
+    assert manifest["pipeline"] == "patient parts, no shuffle"  # parts read straight from S3
+    remote_rows = _sorted("s3://mediscale-test/features")
+    pd.testing.assert_frame_equal(remote_rows[reference.columns], reference, check_dtype=False)
     leftovers = [
         i.path for i in remote.fs.get_file_info(pafs.FileSelector("mediscale-test", recursive=False))
     ]
