@@ -71,7 +71,7 @@ def worker(kind: str, raw: str, out: str, result_file: Path) -> None:
     """Subprocess body: build the feature folder one way and print the timing as JSON."""
     logging.basicConfig(level=logging.WARNING)
     shutil.rmtree(out, ignore_errors=True)
-    if kind == "ray":
+    if kind in ("ray", "ray-shuffle"):
         import ray
 
         started = time.perf_counter()
@@ -82,7 +82,7 @@ def worker(kind: str, raw: str, out: str, result_file: Path) -> None:
         ready = time.perf_counter()
         from data.features import build_features
 
-        manifest = build_features(raw, out)
+        manifest = build_features(raw, out, shuffle=kind == "ray-shuffle")
         seconds = time.perf_counter() - ready
         startup = ready - started
     else:
@@ -95,7 +95,12 @@ def worker(kind: str, raw: str, out: str, result_file: Path) -> None:
         seconds = time.perf_counter() - started
         startup = 0.0
     rows = sum(s["rows"] for s in manifest["splits"].values())
-    result = {"seconds": seconds, "startup_seconds": startup, "feature_rows": rows}
+    result = {
+        "seconds": seconds,
+        "startup_seconds": startup,
+        "feature_rows": rows,
+        "plan": manifest.get("pipeline"),
+    }
     result_file.write_text(json.dumps(result))
 
 
@@ -119,9 +124,14 @@ def ensure_raw(admissions: int, cache: Path) -> tuple[Path, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="Write results here.")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--cache", type=Path, default=ROOT / "artifacts" / "bench")
-    parser.add_argument("--worker", choices=["ray", "pandas"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--variants", nargs="+", default=["pandas", "ray"], choices=["pandas", "ray", "ray-shuffle"],
+        help="ray: the plan the folder allows (patient parts for synthetic data); ray-shuffle: one "
+        "shuffle on the patient, what a folder without patient parts gets",
+    )  # fmt: skip
+    parser.add_argument("--worker", choices=["ray", "ray-shuffle", "pandas"], help=argparse.SUPPRESS)
     parser.add_argument("--raw", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -135,24 +145,25 @@ def main() -> None:
     for size in args.sizes:
         raw, rows = ensure_raw(size, args.cache)
         measured = {}
-        for kind in ("pandas", "ray"):
+        for kind in args.variants:
             cmd = [sys.executable, __file__, "--worker", kind, "--raw", str(raw),
                    "--out", str(args.cache / f"features_{kind}_{size}")]  # fmt: skip
             result, peak = run_measured(cmd, args.cache / f"result_{kind}_{size}.json")
             measured[kind] = {**result, "peak_pss_mb": peak}
             log.warning("%s %d rows: %.1fs, peak %.0f MB", kind, rows, result["seconds"], peak)
-        results.append({
-            "rows": rows,
-            "feature_rows": measured["ray"]["feature_rows"],
-            "ray_rows_per_s": rows / measured["ray"]["seconds"],
-            "pandas_rows_per_s": rows / measured["pandas"]["seconds"],
-            "ray_seconds": measured["ray"]["seconds"],
-            "ray_startup_seconds": measured["ray"]["startup_seconds"],
-            "pandas_seconds": measured["pandas"]["seconds"],
-            "ray_peak_rss_mb": measured["ray"]["peak_pss_mb"],
-            "pandas_peak_rss_mb": measured["pandas"]["peak_pss_mb"],
-        })  # fmt: skip
-        assert measured["ray"]["feature_rows"] == measured["pandas"]["feature_rows"]
+        entry = {"rows": rows, "feature_rows": measured[args.variants[0]]["feature_rows"]}
+        for kind, m in measured.items():
+            key = kind.replace("-", "_")
+            entry.update({
+                f"{key}_rows_per_s": rows / m["seconds"],
+                f"{key}_seconds": m["seconds"],
+                f"{key}_peak_rss_mb": m["peak_pss_mb"],
+            })  # fmt: skip
+            if kind != "pandas":
+                entry[f"{key}_startup_seconds"] = m["startup_seconds"]
+                entry[f"{key}_plan"] = m["plan"]
+        results.append(entry)
+        assert len({m["feature_rows"] for m in measured.values()}) == 1, "the variants disagree on rows"
     report = {
         "benchmark": "data_pipeline",
         "machine": {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)},
