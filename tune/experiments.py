@@ -124,11 +124,17 @@ def search_interrupted(grid: Any, num_samples: int) -> bool:
 
     Trials running at the interrupt come back TERMINATED in memory (saved as RUNNING, so a
     restore continues them): what tells them apart is that their last result is not `done`,
-    which every trial that ended (finished or stopped by ASHA) has.
+    which a trial stopped by the scheduler (ASHA, max_t) has. A trial that stops itself (XGBoost
+    early stopping) gets `done` only with the result Tune adds when its function returns, which
+    an interrupt right then (a restored search) loses: its own last report says `finished`.
     """
     if len(grid) < num_samples:
         return True
-    return any(r.error is None and not (r.metrics or {}).get("done") for r in grid)
+    return any(r.error is None and not _ended(r.metrics or {}) for r in grid)
+
+
+def _ended(metrics: dict[str, Any]) -> bool:
+    return bool(metrics.get("done") or metrics.get("finished"))
 
 
 def trial_dirname(trial: Any) -> str:
