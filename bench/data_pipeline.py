@@ -164,13 +164,14 @@ def main() -> None:
                 entry[f"{key}_plan"] = m["plan"]
         results.append(entry)
         assert len({m["feature_rows"] for m in measured.values()}) == 1, "the variants disagree on rows"
-    report = {
-        "benchmark": "data_pipeline",
-        "machine": {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)},
-        "memory_metric": "peak PSS of the whole process tree, MB",
-        "results": results,
-    }
-    emit(report, args.json)
+        report = {
+            "benchmark": "data_pipeline",
+            "machine": {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)},
+            "memory_metric": "peak PSS of the whole process tree, MB",
+            "load_average_1min": os.getloadavg()[0],
+            "results": results,
+        }
+        emit(report, args.json)  # after every size: a long run stopped early keeps what it measured
 
 
 if __name__ == "__main__":
