@@ -13,8 +13,9 @@ import pytest
 from prerequisites import in_ci, missing
 
 # PostgreSQL fixtures (`postgres_url`, `fresh_postgres_url`) live in tests/postgres.py; Serve
-# fixtures and `deploy` (`serve_port`) in tests/serving.py.
-pytest_plugins = ["postgres", "serving"]
+# fixtures and `deploy` (`serve_port`) in tests/serving.py; the two-node Ray cluster
+# (`two_node_cluster`) in tests/cluster.py.
+pytest_plugins = ["postgres", "serving", "cluster"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no usage pings from test runs

@@ -1,18 +1,15 @@
 """Ray Tune search of the XGBoost model: ASHA stops weak trials, MLflow gets a parent run with a child
-per trial, the best configuration is registered with its provenance, an interrupted search resumes
-without redoing finished trials, and the command works as a `ray job submit` job on its own head."""
+per trial, the best configuration is registered with its provenance, and an interrupted search
+resumes without redoing finished trials. Both searches as `ray job submit` jobs on a two-node
+cluster (`--max-concurrent 2`, features on S3) are in tests/test_cluster.py."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +19,6 @@ import ray.tune
 
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # Small and fast: 40 rounds at most, a report (and checkpoint) every 10, ASHA rungs at 10 and 20.
 FAST = {
     "max_rounds": 40,
@@ -393,161 +389,3 @@ def test_cli_refuses_bad_input_before_starting_ray(tmp_path: Path) -> None:
     assert no_features.returncode == 2 and "--features" in no_features.stderr
     no_datasets = cli("text", "--task", "negex", "--datasets", str(tmp_path / "nowhere"))
     assert no_datasets.returncode == 2 and "nowhere" in no_datasets.stderr
-
-
-# --------------------------------------------------------------------------- ray job submit
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _leftovers(temp_dir: str, pgid: int) -> list[int]:
-    """Processes of one test head: in its process group (workers rename themselves `ray::...`) or
-    naming its temp dir in their arguments."""
-    import psutil
-
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if os.getpgid(proc.info["pid"]) == pgid or any(temp_dir in a for a in proc.info["cmdline"] or []):
-                found.append(proc.info["pid"])
-        except (psutil.Error, ProcessLookupError):
-            continue
-    return found
-
-
-def _start_head() -> tuple[subprocess.Popen, str, str]:
-    """`ray start --head --block` with the dashboard (Jobs API), in its own process group and temp
-    dir; returns (process, temp dir, dashboard address) once the Jobs API answers."""
-    from ray.job_submission import JobSubmissionClient
-
-    temp_dir = tempfile.mkdtemp(prefix="msray", dir="/tmp")  # short: Ray's socket paths have a limit
-    ports = {
-        name: _free_port() for name in ("port", "dashboard-port", "ray-client-server-port",
-                                        "dashboard-agent-listen-port")
-    }  # fmt: skip
-    bin_dir = Path(sys.executable).parent
-    command = [str(bin_dir / "ray"), "start", "--head", "--block", "--num-cpus=2", "--disable-usage-stats",
-               "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-               f"--temp-dir={temp_dir}", *(f"--{name}={port}" for name, port in ports.items())]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
-    env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"  # no 30 s drain wait on SIGTERM: nothing to drain
-    log_path = Path(temp_dir) / "ray-start.log"
-    with open(log_path, "w") as log_file:
-        head = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
-    address = f"http://127.0.0.1:{ports['dashboard-port']}"
-    deadline = time.monotonic() + 180
-    while True:
-        if head.poll() is not None:
-            lines = log_path.read_text().splitlines()
-            errors = [line for line in lines if "rror" in line or "xception" in line or "timed out" in line]
-            _stop_head(head, temp_dir)
-            raise RuntimeError("ray start exited:\n" + "\n".join((errors or lines)[-20:]))
-        try:
-            JobSubmissionClient(address).list_jobs()
-            return head, temp_dir, address
-        except Exception:
-            if time.monotonic() > deadline:
-                _stop_head(head, temp_dir)
-                raise
-            time.sleep(2)
-
-
-def _stop_head(head: subprocess.Popen, temp_dir: str) -> None:
-    """SIGTERM to that one `ray start` process (it shuts its own processes down), then kill whatever
-    is left in its process group or names its temp dir. Never `ray stop`: it stops every Ray on the
-    machine, the session's test cluster too."""
-    if head.poll() is None:
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)  # still alive, so still our own group (start_new_session)
-            head.wait(timeout=10)
-    for pid in _leftovers(temp_dir, head.pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def ray_head() -> Iterator[str]:
-    """A separate Ray head for `ray job submit`. Its address is written only in its own temp dir, so
-    no other `ray.init()` on the machine joins it. On a very busy machine `ray start` can time out
-    waiting for its raylet (a fixed 30 s in Ray), so a failed start is retried once."""
-    try:
-        head, temp_dir, address = _start_head()
-    except RuntimeError:
-        head, temp_dir, address = _start_head()
-    try:
-        yield address
-    finally:
-        _stop_head(head, temp_dir)
-
-
-def _run_job(address: str, command: str, data_dir: Path) -> str:
-    """Submits `python -m tune ...` with the repo as working dir; returns the logs of a job that
-    succeeded and is listed (what the dashboard's Jobs page shows)."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    client = JobSubmissionClient(address)
-    job_id = client.submit_job(
-        entrypoint=f"{sys.executable} -m tune {command}",
-        runtime_env={
-            # The repo as the job's working dir; .gitignore'd folders (.venv, artifacts) are left out
-            # by Ray anyway, the list makes it explicit.
-            "working_dir": str(REPO_ROOT),
-            "excludes": [".venv", "artifacts", ".git", "**/__pycache__", ".pytest_cache", ".ruff_cache"],
-            "env_vars": {"MEDISCALE_DATA_DIR": str(data_dir), "MLFLOW_DISABLE_TELEMETRY": "true"},
-        },
-    )
-    # Jobs take 45-65 s. Within the 300 s test limit, so that a stuck job is stopped and its logs shown.
-    deadline = time.monotonic() + 200
-    while (status := client.get_job_status(job_id)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED,
-                                                           JobStatus.STOPPED}:  # fmt: skip
-        if time.monotonic() > deadline:
-            client.stop_job(job_id)  # its driver is not in the head's process group
-            pytest.fail(f"job did not finish in time:\n{client.get_job_logs(job_id)[-3000:]}")
-        time.sleep(2)
-    logs = client.get_job_logs(job_id)
-    assert status == JobStatus.SUCCEEDED, logs[-3000:]
-    assert job_id in [job.submission_id for job in client.list_jobs()]
-    return logs
-
-
-def test_ray_job_submit_runs_the_search_on_a_cluster(
-    ray_head: str, synthetic_features: Path, tmp_path: Path
-) -> None:
-    out = tmp_path / "result.json"
-    logs = _run_job(
-        ray_head,
-        f"xgboost --features {synthetic_features} --num-samples 2 --max-rounds 20 --report-every 10 "
-        f"--name job --n-boot 50 --json-out {out}",
-        tmp_path / "data",
-    )
-    result = json.loads(out.read_text())
-    assert result["trials"] == 2 and result["registered_version"] == "1"
-    assert result["path"] == str((tmp_path / "data" / "tune" / "job").resolve())
-    assert "best trials:" in logs and '"best_valid_auroc"' in logs
-
-
-def test_ray_job_submit_runs_the_text_search_on_a_cluster(
-    ray_head: str, synthetic_features: Path, tiny_bert: Path, tmp_path: Path
-) -> None:
-    out = tmp_path / "result.json"
-    logs = _run_job(
-        ray_head,
-        f"text --task readmission --features {synthetic_features} --model {tiny_bert} --num-samples 1 "
-        f"--sample 160 --max-steps 4 --eval-every 2 --max-length 64 --n-boot 20 --name notes-job "
-        f"--json-out {out}",
-        tmp_path / "data",
-    )
-    result = json.loads(out.read_text())
-    assert result["trials"] == 1 and result["registered"]["version"] == "1"
-    assert result["path"] == str((tmp_path / "data" / "tune" / "notes-job").resolve())
-    assert "best trials:" in logs and "valid_loss" in logs
