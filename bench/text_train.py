@@ -4,11 +4,9 @@ Both loops train the same model (all-MiniLM-L6-v2 with a fresh 2-class head) on 
 pre-tokenized synthetic discharge notes (head+tail truncated to --max-length), with the same
 micro-batch, optimizer, schedule and torch threads, in the same run. Throughput is samples per
 second of wall clock after two warm-up steps, data loading included: the Ray loop reads its
-rows from the object store, the plain loop a Python list. End-to-end time (with Ray Train's
-start-up) is reported too. The two loops take turns --runs times (default 3): the plain loop
-with no Ray running, then Ray starts, its loop runs and Ray stops; the figures are the means over
-the runs (`runs` has each run). Inference: NotePredictor latency at batch 1, 8 and 32 (median of
---repeats). GPU figures are a calculation, not a measurement (no GPU here). Run:
+Ray Data shard, the plain loop a Python list. End-to-end time (with Ray Train's start-up) is
+reported too. Inference: NotePredictor latency at batch 1, 8 and 32 (median of --repeats).
+GPU figures are a calculation, not a measurement (no GPU here). Run:
 
     python bench/text_train.py --json bench/results/text_train.json
 """
@@ -160,7 +158,6 @@ def main() -> None:
     parser.add_argument("--head-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--runs", type=int, default=3, help="plain / Ray turns; figures are means")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -174,23 +171,15 @@ def main() -> None:
     report["setup"]["features"] = str(args.features)
     # Ray knobs that change how much CPU Ray itself takes beside the Train worker (see bench/README.md)
     report["setup"]["ray_env"] = {k: os.environ[k] for k in RAY_KNOBS if k in os.environ}
-    runs = []
-    for run in range(args.runs):
-        plain = plain_loop(texts, labels, args)
-        print("plain", run, plain, flush=True)
-        ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-        on_ray = ray_loop(texts, labels, args, ROOT / "artifacts" / "bench" / "text_train")
-        ray.shutdown()
-        print("ray", run, on_ray, flush=True)
-        ratio = on_ray["steady_samples_per_s"] / plain["steady_samples_per_s"]
-        runs.append({"plain_pytorch": plain, "ray_train": on_ray, "throughput_ratio": ratio,
-                     "load_average": os.getloadavg()[0]})  # fmt: skip
-    for loop in ("plain_pytorch", "ray_train"):
-        report[loop] = {key: statistics.mean(r[loop][key] for r in runs) for key in runs[0][loop]}
+    report["plain_pytorch"] = plain_loop(texts, labels, args)
+    print("plain", report["plain_pytorch"], flush=True)
+    ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    report["ray_train"] = ray_loop(texts, labels, args, ROOT / "artifacts" / "bench" / "text_train")
+    ray.shutdown()
+    print("ray", report["ray_train"], flush=True)
     report["throughput_ratio"] = (
         report["ray_train"]["steady_samples_per_s"] / report["plain_pytorch"]["steady_samples_per_s"]
     )
-    report["runs"] = runs
     report["inference"] = latency(texts, args)
     report["gpu_estimate_bio_clinicalbert"] = gpu_estimate(512)
     emit(report, args.json)

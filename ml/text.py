@@ -16,12 +16,9 @@ text classification?") found best for long documents, and it costs one forward p
 chunking with pooling costs one per chunk. Short texts are untouched.
 
 Training loop (`train_loop_per_worker`), per worker:
-- its share of the pre-tokenized rows (tokenized once, by the driver for small splits, else by
-  Ray Data `map_batches` with the tokenizer loaded once per Ray Data worker), handed over once
-  through the object store as flat token arrays (`worker_rows`) and reshuffled locally each
-  epoch with a seeded permutation; batched with dynamic padding (pad to the batch's longest).
-  No Ray Data runs while the model trains: a dataset manager, two split coordinators and an
-  epoch's streaming execution would share the worker's CPUs for nothing a list cannot do;
+- its shard of pre-tokenized rows (tokenized once, by the driver for small splits, else by Ray
+  Data `map_batches` with the tokenizer loaded once per Ray Data worker), batched with dynamic
+  padding (pad to the batch's longest);
 - `prepare_model` (DDP across workers), AdamW with linear warm-up then decay;
 - an optimizer step = `batch_size * grad_accum` rows per worker, run as micro-batches of
   `batch_size`; gradients are averaged across workers once per step (DDP's per-backward sync is
@@ -341,66 +338,15 @@ def _average_gradients(model, world: int) -> None:
         grad.copy_(synced)
 
 
-def worker_rows(dataset, workers: int) -> list[Any]:
-    """A tokenized Ray Dataset's rows dealt to `workers` (row i to worker i % workers, so each
-    gets a mix whatever the order of the rows), each worker's rows put in the object store as one
-    flat token array with offsets (no per-row objects). Every worker gets the same number of rows:
-    steps are collective, so all must run the same number per epoch (at most workers - 1 rows are
-    left out, as Ray Train's `streaming_split(equal=True)` did)."""
-    import ray
-
-    ids: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        ids.extend(batch["input_ids"])
-        labels.append(np.asarray(batch["label"], dtype=np.int64))
-    label = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
-    each = len(ids) // workers
-    refs = []
-    for rank in range(workers):
-        mine = range(rank, each * workers, workers)
-        lengths = np.array([len(ids[i]) for i in mine], dtype=np.int64)
-        refs.append(
-            ray.put(
-                {
-                    "values": np.concatenate([ids[i] for i in mine]) if each else np.zeros(0, np.int32),
-                    "offsets": np.concatenate([[0], np.cumsum(lengths)]),
-                    "label": label[rank : each * workers : workers],
-                }
-            )
-        )
-    return refs
-
-
-class ShardRows:
-    """One worker's tokenized rows (what `worker_rows` put in the object store)."""
-
-    def __init__(self, packed: dict[str, np.ndarray]):
-        values, offsets = packed["values"], packed["offsets"]
-        self.ids = [values[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
-        self.labels = packed["label"]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def iter_batches(self, batch_size: int):
-        """The rows in order, as {"input_ids", "label"} batches (evaluation)."""
-        for start in range(0, len(self.ids), batch_size):
-            yield {
-                "input_ids": self.ids[start : start + batch_size],
-                "label": self.labels[start : start + batch_size],
-            }
-
-
-def _iterate_steps(shard: ShardRows, rows_per_step: int, seed: int, epoch: int):
-    """(ids, labels) per optimizer step, in a seeded order that is new each epoch (and the same for
-    the same seed and epoch, so a resumed run sees the rows it would have seen). The generator is
-    seeded as Ray Data's local shuffle was (seed + epoch): a shard that fitted in its shuffle
-    buffer comes in the order it did then, so those runs train the same model as before."""
-    order = np.random.default_rng(seed + epoch).permutation(len(shard))
-    for start in range(0, len(order), rows_per_step):
-        rows = order[start : start + rows_per_step]
-        yield [shard.ids[r] for r in rows], shard.labels[rows]  # fancy indexing: a writable copy
+def _iterate_steps(shard, rows_per_step: int, seed: int, epoch: int):
+    """(ids, labels) per optimizer step from a Ray Data shard, reshuffled locally each epoch."""
+    for batch in shard.iter_batches(
+        batch_size=rows_per_step,
+        batch_format="numpy",
+        local_shuffle_buffer_size=max(4 * rows_per_step, 256),
+        local_shuffle_seed=seed + epoch,
+    ):
+        yield list(batch["input_ids"]), np.array(batch["label"])  # a writable copy for torch
 
 
 def evaluate_shard(model, shard, device, pad_id: int, batch_size: int, precision: str) -> dict[str, float]:
@@ -412,7 +358,7 @@ def evaluate_shard(model, shard, device, pad_id: int, batch_size: int, precision
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, rows
     model.eval()
     with torch.inference_mode():
-        for batch in shard.iter_batches(batch_size):
+        for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy"):
             inputs = {
                 k: torch.from_numpy(v).to(device) for k, v in pad_batch(batch["input_ids"], pad_id).items()
             }
@@ -514,8 +460,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         log.info("resuming at step %d of %d", step, total_steps)
     start_step = step
 
-    train_shard = ShardRows(ray.get(config["rows"]["train"][rank]))
-    valid_shard = ShardRows(ray.get(config["rows"]["valid"][rank]))
+    train_shard = ray.train.get_dataset_shard("train")
+    valid_shard = ray.train.get_dataset_shard("valid")
     meta = {"labels": labels, "config": cfg.model_dump()}
     model.train()
     started = time.perf_counter()
@@ -687,6 +633,16 @@ def class_weights(frame: pd.DataFrame, labels: list[str]) -> list[float]:
     return [n / (k * max(int(counts.get(label, 0)), 1)) for label in labels]
 
 
+def ordered_ingest():
+    """Ray Train's ingest options with blocks kept in dataset order: the seeded shuffle then sees
+    the same rows in the same order every run, so one seed gives one model."""
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
+
+
 def fit(
     splits: TextSplits,
     config: TextConfig | None = None,
@@ -703,7 +659,7 @@ def fit(
     `callbacks` go to Ray Train's RunConfig (e.g. Tune's TuneReportCallback inside a trial).
     `datasets` are `tokenized_datasets(splits, config)` made earlier (a search tokenizes once).
     """
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     config = config or TextConfig()
@@ -720,8 +676,6 @@ def fit(
         if config.class_weight == "balanced"
         else None,
         "resume_from": resume_from,
-        # each worker's rows, in the object store (worker_rows); the datasets go no further
-        "rows": {split: worker_rows(datasets[split], config.num_workers) for split in ("train", "valid")},
     }
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -737,6 +691,8 @@ def fit(
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
         ),
+        datasets=datasets,
+        dataset_config=DataConfig(execution_options=ordered_ingest()),
     )
     t1 = time.perf_counter()
     result = trainer.fit()
