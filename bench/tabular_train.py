@@ -5,14 +5,9 @@ rounds (no early stopping, so all variants do the same work) and two threads in 
 plain xgboost with nthread=2, Ray with 1 worker x 2 threads and 2 workers x 1 thread.
 Ray's wall time is split into the training part (measured inside the worker around
 xgboost.train, minus the time spent in ray.train.report) and fixed overhead (everything
-else: controller and worker start-up, the rows' hand-off to the worker, the reports, the final
-checkpoint and the end of the run). The driver's own preparation before `fit` (reading the
-splits, fitting the preprocessor, putting the rows in the object store) is `driver_prepare_s`.
-The first Ray run of a fresh cluster pays one-time costs too (class exports, first imports);
-`--repeats 2` or more also measures later runs on the same cluster (`ray_overhead_warm_s`).
-Run:
+else: worker start-up, dataset hand-off, the reports, checkpoint). Run:
 
-    python bench/tabular_train.py --json bench/results/tabular_train.json --repeats 3
+    python bench/tabular_train.py --json bench/results/tabular_train.json
 """
 
 from __future__ import annotations
@@ -20,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -51,7 +45,6 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=52_000, help="~1.94 admissions each: ~100k rows")
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--cache", type=Path, default=ROOT / "artifacts" / "bench")
-    parser.add_argument("--repeats", type=int, default=1, help="Ray runs per setting; the first is cold")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
 
@@ -60,9 +53,8 @@ def main() -> None:
     import xgboost
 
     from data.featureset import read_manifest, read_split_pandas
-    from ml.tabular import TRAIN_ENV, Preprocessor, TabularConfig, train
+    from ml.tabular import Preprocessor, TabularConfig, train
 
-    load_start = os.getloadavg()[0]
     features = str(ensure_features(args.cache, args.patients))
     manifest = read_manifest(features)
     names, label = [f["name"] for f in manifest["features"]], manifest["label_column"]
@@ -84,26 +76,21 @@ def main() -> None:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     ray.data.DataContext.get_current().enable_progress_bars = False
-    runs, repeats = {}, []
-    for repeat in range(args.repeats):
-        for workers, threads in ((1, 2), (2, 1)):
-            cfg = config.model_copy(update={"num_workers": workers, "cpus_per_worker": threads})
-            result = train(features, cfg, storage_path=str(args.cache / "ray_results"))
-            s = result.seconds
-            run = {
-                "fit_wall_s": s["fit"],
-                "worker_train_s": s["worker_train"],
-                "worker_data_s": s["worker_data"],
-                "overhead_s": s["fit"] - s["worker_train"],
-                "worker_report_s": s["worker_report"],
-                "driver_prepare_s": s["prepare"],
-                "best_round": result.best_iteration + 1,
-            }
-            runs.setdefault(workers, run)  # the first (cold) run of each configuration
-            repeats.append({"repeat": repeat, "workers": workers, **run, "load_average": os.getloadavg()[0]})
-            log.warning("ray %d worker(s) x %d thread(s), repeat %d: %s", workers, threads, repeat, run)
+    runs = {}
+    for workers, threads in ((1, 2), (2, 1)):
+        cfg = config.model_copy(update={"num_workers": workers, "cpus_per_worker": threads})
+        result = train(features, cfg, storage_path=str(args.cache / "ray_results"))
+        s = result.seconds
+        runs[workers] = {
+            "fit_wall_s": s["fit"],
+            "worker_train_s": s["worker_train"],
+            "worker_data_s": s["worker_data"],
+            "overhead_s": s["fit"] - s["worker_train"],
+            "worker_report_s": s["worker_report"],
+            "best_round": result.best_iteration + 1,
+        }
+        log.warning("ray %d worker(s) x %d thread(s): %s", workers, threads, runs[workers])
     ray.shutdown()
-    warm = [r["overhead_s"] for r in repeats if r["workers"] == 1 and r["repeat"] > 0]
     report = {
         "benchmark": "tabular_train",
         "rows_train": len(train_df),
@@ -119,11 +106,7 @@ def main() -> None:
         "ray_2w_overhead_s": runs[2]["overhead_s"],
         "ray_1w_train_ratio": runs[1]["worker_train_s"] / plain,
         "ray_2w_train_ratio": runs[2]["worker_train_s"] / plain,
-        "ray_overhead_warm_s": statistics.median(warm) if warm else None,
         "details": runs,
-        "repeats": repeats,
-        "ray_env": {k: os.environ.get(k, v) for k, v in TRAIN_ENV.items()},
-        "load_average": [load_start, os.getloadavg()[0]],
         "cpus": os.cpu_count(),
     }
     emit(report, args.json)

@@ -1,16 +1,10 @@
 """Structured-data readmission model: XGBoost on Ray Train, calibrated, explainable.
 
-Training runs `train_fn_per_worker` under `ray.train.xgboost.XGBoostTrainer` (Ray Train V2),
-and XGBoost's own collective (set up by Ray) makes the workers one model. The driver reads each
-split once as Arrow (it needs the train rows anyway, for the preprocessor), puts the rows in
-content order and hands each worker its slice through the object store: a few tenths of a
-second, where a Ray Data hand-off (read tasks, a dataset manager and split coordinators, a
-streaming split per split) cost about 8 s of fixed time per run on two cores. Progress reports
-go to Ray Train every `report_every` rounds but at most every MIN_REPORT_SECONDS (a run shorter
-than that reports once, at the end), and the final report carries the booster as a checkpoint.
-Ray Train's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by
-default): a report waits for the previous one to be collected and the end of training is seen
-only at a poll, which cost about 6 s per run; `train` sets 0.2 s (TRAIN_ENV) unless it is set.
+Training runs `train_fn_per_worker` under `ray.train.xgboost.XGBoostTrainer` (Ray Train V2):
+each worker reads its shard of the train/valid splits through Ray Data, and XGBoost's own
+collective (set up by Ray) makes the workers one model. Reports go to Ray Train every
+`report_every` rounds and at the end (a report costs about a second here), and the final
+report carries the booster as a checkpoint.
 
 The preprocessor (category vocabularies, column order) is fitted on the train split only and
 travels with the model, as does the calibrator, fitted on the validation split:
@@ -25,15 +19,13 @@ with the bias they sum to the model's margin.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -41,9 +33,6 @@ import xgboost
 from pydantic import BaseModel, Field
 
 from data.featureset import FeatureFolder, FeatureFolderError
-
-if TYPE_CHECKING:
-    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -319,28 +308,18 @@ class TabularPredictor:
 # --- Ray Train ---------------------------------------------------------------------------------
 
 
-# Progress reports at most this often: a report can wait up to one controller poll, which short
-# runs (the 200-round benchmark trains in ~9 s) should not pay for progress nobody watches.
-MIN_REPORT_SECONDS = 10.0
-# Ray Train settings for `train` (each only when the environment does not set it): the controller's
-# poll interval, 2 s by default, is how long a report can wait and how late the end is seen.
-TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
-
-
 class ReportEvery(xgboost.callback.TrainingCallback):
-    """Report to Ray Train every N rounds (but at most every `min_seconds`) and once at the end,
-    with the booster as checkpoint."""
+    """Report to Ray Train every N rounds and once at the end, with the booster as checkpoint."""
 
-    def __init__(self, every: int, data_seconds: float = 0.0, min_seconds: float = MIN_REPORT_SECONDS):
+    def __init__(self, every: int, data_seconds: float = 0.0):
         self.every = every
-        self.min_seconds = min_seconds
         self.last: dict[str, float] = {}
         self.data_seconds = data_seconds
         self.report_seconds = 0.0  # time inside ray.train.report: overhead, not training
-        self.started = self.reported = time.perf_counter()
+        self.started = time.perf_counter()
 
     def before_training(self, model: xgboost.Booster) -> xgboost.Booster:
-        self.started = self.reported = time.perf_counter()
+        self.started = time.perf_counter()
         return model
 
     @staticmethod
@@ -355,11 +334,10 @@ class ReportEvery(xgboost.callback.TrainingCallback):
         import ray.train
 
         self.last = {"round": epoch + 1, **self._latest(evals_log)}
-        if (epoch + 1) % self.every == 0 and time.perf_counter() - self.reported >= self.min_seconds:
+        if (epoch + 1) % self.every == 0:
             started = time.perf_counter()
             ray.train.report(self.last)
-            self.reported = time.perf_counter()
-            self.report_seconds += self.reported - started
+            self.report_seconds += time.perf_counter() - started
         return False
 
     def after_training(self, model: xgboost.Booster) -> xgboost.Booster:
@@ -383,17 +361,14 @@ class ReportEvery(xgboost.callback.TrainingCallback):
 
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
-    """One Ray Train worker: its slices of train/valid (Arrow, from the object store, rows in
-    content order) -> DMatrix -> distributed xgboost.train."""
-    import ray
+    """One Ray Train worker: its shards of train/valid -> DMatrix -> distributed xgboost.train."""
     import ray.train
 
     preprocessor = Preprocessor.from_dict(config["preprocessor"])
-    rank = ray.train.get_context().get_world_rank()
     started = time.perf_counter()
     shards = {}
     for name in ("train", "valid"):
-        frame = ray.get(config["shards"][name][rank]).to_pandas()
+        frame = canonical_order(ray.train.get_dataset_shard(name).materialize().to_pandas())
         if name == "train" and config.get("missing_rate"):
             frame = with_missing_copy(frame, config["missing_rate"], config.get("seed", 0))
         shards[name] = xgboost.DMatrix(
@@ -411,52 +386,12 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     )
 
 
-def canonical_indices(frame: pd.DataFrame) -> np.ndarray:
-    """Row positions sorted by a hash of the rows' content. Files (and Ray Data blocks) can come in
-    any order, so without this the seeded missing-group copy masked other rows each run and the
-    same data and seed gave another model."""
-    keys = pd.util.hash_pandas_object(frame, index=False).to_numpy()
-    return np.argsort(keys, kind="stable")
-
-
 def canonical_order(frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows sorted by a hash of their content (see canonical_indices)."""
-    return frame.iloc[canonical_indices(frame)].reset_index(drop=True)
-
-
-def read_split_table(folder: FeatureFolder, split: str, columns: list[str]) -> pa.Table:
-    """One split's columns as an Arrow table."""
-    import pyarrow.dataset as pads
-
-    files = folder.split_files(split)
-    if not files:
-        raise FeatureFolderError(f"{folder.uri}: split {split!r} has no rows")
-    return pads.dataset(files, filesystem=folder.fs, format="parquet").to_table(columns=columns)
-
-
-def worker_slices(table: pa.Table, frame: pd.DataFrame, workers: int) -> list[Any]:
-    """`table`'s rows (`frame` is the same rows in pandas) in content order, cut into `workers`
-    contiguous slices of equal size (+-1 row), each put in the object store: worker i gets ref i.
-    Which rows go to which worker depends only on the data, not on file or block order."""
-    import ray
-
-    ordered = table.take(canonical_indices(frame))
-    bounds = [i * ordered.num_rows // workers for i in range(workers + 1)]
-    return [ray.put(ordered.slice(a, b - a)) for a, b in zip(bounds, bounds[1:], strict=False)]
-
-
-@contextlib.contextmanager
-def ray_train_env(env: dict[str, str]):
-    """`env` in os.environ while Ray Train starts a run (its controller and workers take their
-    settings from the driver's environment at `fit`), each variable only where the environment
-    does not set it already; removed again afterwards."""
-    added = {k: v for k, v in env.items() if k not in os.environ}
-    os.environ.update(added)
-    try:
-        yield
-    finally:
-        for name in added:
-            os.environ.pop(name, None)
+    """The rows sorted by a hash of their content. Ray Data hands a shard's blocks over in the
+    order its read tasks finish, so without this the seeded missing-group copy masked other rows
+    each run and the same data and seed gave another model."""
+    keys = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    return frame.iloc[np.argsort(keys, kind="stable")].reset_index(drop=True)
 
 
 def with_missing_copy(frame: pd.DataFrame, rate: float, seed: int) -> pd.DataFrame:
@@ -483,6 +418,8 @@ def train(
 ) -> TrainResult:
     """Fit the model on a feature folder (a path, or one already open) with XGBoostTrainer;
     calibrate on valid."""
+    import ray
+    import ray.data
     from ray.train import RunConfig, ScalingConfig
     from ray.train.xgboost import XGBoostTrainer
 
@@ -492,8 +429,7 @@ def train(
     t0 = time.perf_counter()
     names = [f["name"] for f in manifest["features"]]
     label = manifest["label_column"]
-    tables = {split: read_split_table(folder, split, [*names, label]) for split in ("train", "valid")}
-    train_df, valid_df = (tables[split].to_pandas() for split in ("train", "valid"))
+    train_df = folder.read_split("train", [*names, label])
     if train_df[label].nunique() < 2:
         raise FeatureFolderError(f"{folder.uri}: train split needs both classes in {label!r}")
     preprocessor = Preprocessor.fit(train_df, manifest)
@@ -501,13 +437,16 @@ def train(
     spw = config.scale_pos_weight
     if spw == "auto":
         spw = (len(train_df) - positives) / positives
-    # Read here, not by the workers: XGBoost holds the whole shard in memory anyway, and nothing
-    # then waits for CPUs that the training workers hold (no 2-CPU deadlock).
-    shards = {
-        "train": worker_slices(tables["train"], train_df, config.num_workers),
-        "valid": worker_slices(tables["valid"], valid_df, config.num_workers),
-    }
-    del tables
+    datasets = {}
+    for split in ("train", "valid"):
+        files = folder.split_files(split)
+        if not files:
+            raise FeatureFolderError(f"{folder.uri}: split {split!r} has no rows")
+        # Materialised before training: XGBoost holds the whole shard in memory anyway, and
+        # the reads must not wait for CPUs that the training workers hold (2-CPU deadlock).
+        datasets[split] = ray.data.read_parquet(
+            files, filesystem=folder.fs, columns=[*names, label]
+        ).materialize()
     trainer = XGBoostTrainer(
         train_fn_per_worker,
         train_loop_config={
@@ -518,7 +457,6 @@ def train(
             "max_rounds": config.max_rounds,
             "early_stopping_rounds": config.early_stopping_rounds,
             "report_every": config.report_every,
-            "shards": shards,
         },
         scaling_config=ScalingConfig(
             num_workers=config.num_workers,
@@ -526,12 +464,11 @@ def train(
             resources_per_worker={"CPU": config.cpus_per_worker},
         ),
         run_config=RunConfig(name=f"tabular-{int(time.time())}", storage_path=storage_path),
+        datasets=datasets,
     )
     t1 = time.perf_counter()
-    with ray_train_env(TRAIN_ENV):
-        result = trainer.fit()
+    result = trainer.fit()
     t2 = time.perf_counter()
-    del trainer, shards  # the object-store copies of the rows can go
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
     with result.checkpoint.as_directory() as directory:
@@ -540,6 +477,7 @@ def train(
     best = int(result.metrics.get("best_iteration", booster.num_boosted_rounds() - 1))
     booster = booster[: best + 1]  # drop the rounds early stopping looked past
     uncalibrated = TabularPredictor(booster, preprocessor, Calibrator("none"))
+    valid_df = folder.read_split("valid", [*names, label])
     raw_valid = uncalibrated.predict_raw(valid_df)
     calibrator = Calibrator.fit(raw_valid, valid_df[label].to_numpy(), config.calibration)
     meta = {
