@@ -39,7 +39,7 @@ from data.featureset import (
     split_of,
     write_manifest,
 )
-from data.raw import PARTITION_KEY, table_files
+from data.raw import PARTITION_KEY, part_file, table_files
 from data.schema import (
     DISCHARGE_SUMMARY,
     ITEM_RANGES,
@@ -297,6 +297,7 @@ CHUNK_COLUMNS: dict[str, list[str]] = {
     "notes": ["admission_id", "charttime", "category", "text"],
 }
 FEATURE_SCHEMA = OUTPUT_SCHEMA.append(pa.field(SPLIT_COLUMN, pa.string()))
+STAY_TABLES = ("labs", "vitals", "diagnoses", "notes")  # rows of a stay, keyed by admission_id
 
 
 def empty_table(table: str) -> pd.DataFrame:
@@ -344,14 +345,14 @@ def patient_parts(folder: Location) -> int | None:
     if claim.get("key") != PARTITION_KEY:
         return None
     parts = int(claim["parts"])
-    expected = {f"part-{k:05d}.parquet" for k in range(parts)}
+    expected = {part_file(k) for k in range(parts)}
     for table in CHUNK_COLUMNS:
         for path in table_files(folder, table):
             name = path.rsplit("/", 1)[-1]
             if name not in expected or path.rsplit("/", 2)[-2] != table:
                 raise PartitioningError(
                     f"{folder.uri}: the manifest claims {parts} patient parts, but {table} has the "
-                    f"file {name!r}, which is not one of part-00000.parquet .. part-{parts - 1:05d}.parquet"
+                    f"file {name!r}, which is not one of {part_file(0)} .. {part_file(parts - 1)}"
                 )
     return parts
 
@@ -365,7 +366,7 @@ def read_part(folder: Location, part: int | None) -> dict[str, pd.DataFrame]:
         if part is None:
             files = table_files(folder, table)
         else:
-            path = folder.child(table, f"part-{part:05d}.parquet")
+            path = folder.child(table, part_file(part))
             files = [path.path] if path.is_file() else []
         if files:
             data = pads.dataset(files, filesystem=folder.fs).to_table(columns=columns)
@@ -373,7 +374,7 @@ def read_part(folder: Location, part: int | None) -> dict[str, pd.DataFrame]:
     if part is None:
         return tables
     checks = [("admissions", "patient_id", "patients")] + [
-        (child, "admission_id", "admissions") for child in ("labs", "vitals", "diagnoses", "notes")
+        (child, "admission_id", "admissions") for child in STAY_TABLES
     ]
     for child, key, parent in checks:
         if child not in tables:
@@ -382,8 +383,8 @@ def read_part(folder: Location, part: int | None) -> dict[str, pd.DataFrame]:
         stray = int((~tables[child][key].isin(known)).sum())
         if stray:
             raise PartitioningError(
-                f"{folder.child(child, f'part-{part:05d}.parquet').uri}: {stray} row(s) whose {key} is "
-                f"not in {parent}/part-{part:05d}.parquet; the manifest's patient partitioning is wrong "
+                f"{folder.child(child, part_file(part)).uri}: {stray} row(s) whose {key} is "
+                f"not in {parent}/{part_file(part)}; the manifest's patient partitioning is wrong "
                 "(remove its 'partitioning' entry to have the pipeline shuffle instead)"
             )
     return tables
@@ -399,7 +400,7 @@ def patient_slice(tables: dict[str, pd.DataFrame], index: int, slices: int) -> d
     if "admissions" in tables:
         out["admissions"] = tables["admissions"].loc[tables["admissions"]["patient_id"].isin(keep)]
         stays = set(out["admissions"]["admission_id"])
-        for child in ("labs", "vitals", "diagnoses", "notes"):
+        for child in STAY_TABLES:
             if child in tables:
                 out[child] = tables[child].loc[tables[child]["admission_id"].isin(stays)]
     return out

@@ -47,11 +47,16 @@ def to_raw_table(frame: pd.DataFrame | pa.Table, table: str) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+def part_file(part: int) -> str:
+    """The file name of part `part` of a table (what `write_part` writes)."""
+    return f"part-{part:05d}.parquet"
+
+
 def write_part(folder: Location, table: str, data: pa.Table, part: int) -> str:
     """Write one part file of a table; parts of one table can be written by parallel tasks."""
     dest = folder.child(table)
     folder.fs.create_dir(dest.path, recursive=True)
-    path = dest.child(f"part-{part:05d}.parquet").path
+    path = dest.child(part_file(part)).path
     pq.write_table(data, path, filesystem=folder.fs, compression="zstd")
     return path
 
